@@ -1,0 +1,232 @@
+"""Typed config schemas for every config group, registered with Hydra, and their validation.
+
+Hydra checks types and unknown keys while composing (struct mode); `validate` then checks ranges
+and choices, so a bad value fails before any work starts with a message naming the key. Only the
+standard library, hydra and omegaconf are imported here: configs and tests import this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from entigraph.errors import ConfigError
+
+
+def knob(default: Any, *, ge=None, gt=None, le=None, lt=None, choices=None, help: str = ""):
+    """A config field with an allowed range or set of choices, checked by `validate`."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, help=help).items() if v}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class PathsConfig:
+    root: str = "outputs"
+    corpora: str = "${paths.root}/corpora"
+    runs: str = "${paths.root}/runs"
+    cache: str = "${oc.env:XDG_CACHE_HOME,${oc.env:HOME}/.cache}/entigraph"
+
+
+@dataclass
+class CorpusConfig:
+    """The source documents and their questions."""
+    name: str = "demo"
+    format: str = knob("builtin", choices=["builtin", "quality", "jsonl", "textdir"])
+    # A file, a folder (textdir), or a list of files joined by commas; unused for `builtin`.
+    path: Optional[str] = None
+    # QuALITY only: fetch the official files into paths.cache when `path` is not given.
+    download: bool = False
+
+
+@dataclass
+class GeneratorConfig:
+    """The LLM that writes the synthetic corpus."""
+    backend: str = knob("offline", choices=["offline"])
+    model: str = "offline-template-v1"
+    temperature: float = knob(1.0, ge=0.0)
+    max_tokens: Optional[int] = knob(None, gt=0)
+    # Name of the environment variable holding the API key; the key itself never enters a config.
+    api_key_env: Optional[str] = None
+
+
+@dataclass
+class SynthesisConfig:
+    """How the synthetic corpus is built from the documents (design brief §1)."""
+    method: str = knob("entigraph", choices=["entigraph"])
+    max_entities: int = knob(12, gt=0, help="entities kept per document")
+    # Triples are all C(n,3) shuffled with `seed`; only the first `max_triples` are analysed.
+    max_triples: int = knob(20, ge=0, help="triples analysed per document")
+    seed: int = 42
+    output_dir: str = "${paths.corpora}/${corpus.name}/${synthesis.method}-${generator.model}"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # A local model folder or hub id; null builds a tiny Llama locally with the sizes below.
+    pretrained: Optional[str] = None
+    vocab_size: int = knob(1024, gt=0)
+    hidden_size: int = knob(64, gt=0)
+    num_layers: int = knob(2, gt=0)
+    # vLLM on CPU rejects head dimension 16: hidden_size / num_heads must be >= 32.
+    num_heads: int = knob(2, gt=0)
+    intermediate_size: int = knob(128, gt=0)
+
+
+@dataclass
+class DataConfig:
+    """What a training run sees. See README "The three sweep axes" for the exact meanings."""
+    corpus_dir: str = "${synthesis.output_dir}"
+    # Unique synthetic tokens drawn (seeded, nested) from the corpus; null takes all of it.
+    synthetic_tokens: Optional[int] = knob(None, gt=0)
+    # Share of training tokens drawn from the replay corpus; replay tokens add to the steps.
+    mixing_ratio: float = knob(0.0, ge=0.0, lt=1.0)
+    replay_path: Optional[str] = None
+    block_size: int = knob(2048, gt=1)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = knob(5e-6, gt=0.0)
+    weight_decay: float = knob(0.01, ge=0.0)
+    warmup_ratio: float = knob(0.05, ge=0.0, lt=1.0)
+    schedule: str = knob("cosine", choices=["cosine", "linear", "constant"])
+    beta1: float = knob(0.9, ge=0.0, lt=1.0)
+    beta2: float = knob(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = knob(1.0, ge=0.0)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = knob(2, gt=0)
+    batch_size: int = knob(16, gt=0, help="global batch in sequences")
+    micro_batch_size: int = knob(4, gt=0, help="sequences per device per forward pass")
+    log_every: int = knob(10, gt=0)
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = knob("mc", choices=["mc"])
+    split: str = knob("all", choices=["all", "validation", "test"])
+    # Share of articles (sorted by title) held out for validation in the reference split.
+    validation_share: float = knob(0.2, gt=0.0, lt=1.0)
+    after_training: bool = True
+    batch_size: int = knob(8, gt=0)
+    limit: Optional[int] = knob(None, gt=0, help="questions evaluated; null for all")
+
+
+@dataclass
+class TrackerConfig:
+    # auto: online when WANDB_API_KEY is set, offline otherwise.
+    mode: str = knob("auto", choices=["auto", "online", "offline", "disabled"])
+    project: str = "entigraph"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = knob([])
+
+
+@dataclass
+class DemoConfig:
+    budgets: list[int] = knob([4000, 12000, 36000], help="synthetic tokens per sweep point")
+
+
+@dataclass
+class RunConfig:
+    """Root schema of generate, train, eval and demo: one pipeline, every stage's knobs."""
+    command: str = MISSING
+    seed: int = 0
+    run_name: str = ("${corpus.name}-${synthesis.method}/"
+                     "tok${data.synthetic_tokens}_mix${data.mixing_ratio}_lr${optim.lr}_seed${seed}")
+    run_dir: str = "${paths.runs}/${run_name}"
+    # eval only: the model folder to evaluate.
+    checkpoint: Optional[str] = None
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+@dataclass
+class SweepConfig(RunConfig):
+    # Override key -> values; every combination is one training run (followed by evaluation).
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@dataclass
+class AnalyzeConfig:
+    command: str = "analyze"
+    # A sweep folder, a glob of run folders, or a CSV table of (tokens, accuracy[, ...]).
+    input: str = "${paths.runs}"
+    output_dir: str = "${paths.root}/analysis"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+GROUPS = {
+    "paths": PathsConfig, "corpus": CorpusConfig, "generator": GeneratorConfig,
+    "synthesis": SynthesisConfig, "model": ModelConfig, "data": DataConfig,
+    "optim": OptimConfig, "trainer": TrainerConfig, "eval": EvalConfig,
+    "tracker": TrackerConfig, "demo": DemoConfig,
+}
+ROOTS = {"run_schema": RunConfig, "sweep_schema": SweepConfig, "analyze_schema": AnalyzeConfig}
+
+
+def register_configs() -> None:
+    """Store the schemas so YAML files can extend them (`defaults: [<group>_schema]`)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    for name, node in ROOTS.items():
+        cs.store(name=name, node=node)
+    for group, node in GROUPS.items():
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def validate(cfg: DictConfig) -> Any:
+    """Resolve `cfg` into its dataclasses and check every knob; raise ConfigError naming the key."""
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except Exception as err:  # an interpolation or type error while resolving
+        raise ConfigError(f"config: {err}".splitlines()[0]) from err
+    _check(obj, "")
+    return obj
+
+
+def _check(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check(value, key + ".")
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            allowed = _allowed(f.metadata)
+            if item is not None and allowed and not _admits(item, f.metadata):
+                raise ConfigError(f"config: {key}={value!r} is not allowed; set {key} to {allowed}")
+
+
+def _allowed(meta: dict) -> Optional[str]:
+    """What `meta` admits, in words; None when it sets no constraint."""
+    if "choices" in meta:
+        return "one of: " + ", ".join(map(str, meta["choices"]))
+    if not meta.keys() & {"ge", "gt", "le", "lt"}:
+        return None
+    low = f"[{meta['ge']}" if "ge" in meta else f"({meta['gt']}" if "gt" in meta else "(-inf"
+    high = f"{meta['le']}]" if "le" in meta else f"{meta['lt']})" if "lt" in meta else "inf)"
+    return f"a value in {low}, {high}"
+
+
+def _admits(value: Any, meta: dict) -> bool:
+    if "choices" in meta:
+        return value in meta["choices"]
+    return (("ge" not in meta or value >= meta["ge"]) and ("gt" not in meta or value > meta["gt"])
+            and ("le" not in meta or value <= meta["le"]) and ("lt" not in meta or value < meta["lt"]))

@@ -1,0 +1,47 @@
+"""A tiny Llama-style model and a BPE tokenizer trained on the corpus at hand, built locally.
+
+No hub is reachable on CPU test machines, so the demo and the tests make their own model.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+EOS = "<|endoftext|>"
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer (as a transformers fast tokenizer) trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS,
+                                   pad_token=EOS, unk_token=EOS)
+
+
+def build_tiny_model(model_cfg, vocab_size: int, context_length: int, seed: int):
+    """A randomly initialised LlamaForCausalLM with the sizes in `model_cfg` (a ModelConfig)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if model_cfg.hidden_size % model_cfg.num_heads or model_cfg.hidden_size // model_cfg.num_heads < 32:
+        raise ValueError("model.hidden_size / model.num_heads must be a whole number >= 32 "
+                         "(vLLM on CPU rejects smaller attention heads)")
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_heads,
+        num_key_value_heads=model_cfg.num_heads,
+        max_position_embeddings=context_length,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
