@@ -17,7 +17,8 @@ from entigraph.errors import ConfigError
 
 def knob(default: Any, *, ge=None, gt=None, le=None, lt=None, choices=None, help: str = ""):
     """A config field with an allowed range or set of choices, checked by `validate`."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, help=help).items() if v}
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, help=help).items()
+            if v is not None and v != ""}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -130,13 +131,14 @@ class TrackerConfig:
 
 
 @dataclass
-class DemoConfig:
-    budgets: list[int] = knob([4000, 12000, 36000], help="synthetic tokens per sweep point")
+class SweepSpec:
+    # Config key -> values; every combination is one training run (then its evaluation).
+    grid: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RunConfig:
-    """Root schema of generate, train, eval and demo: one pipeline, every stage's knobs."""
+    """Root schema of generate, train, eval, sweep and demo: one pipeline, every stage's knobs."""
     command: str = MISSING
     seed: int = 0
     run_name: str = ("${corpus.name}-${synthesis.method}/"
@@ -154,13 +156,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-
-
-@dataclass
-class SweepConfig(RunConfig):
-    # Override key -> values; every combination is one training run (followed by evaluation).
-    grid: dict[str, list[Any]] = field(default_factory=dict)
+    sweep: SweepSpec = field(default_factory=SweepSpec)
 
 
 @dataclass
@@ -172,24 +168,14 @@ class AnalyzeConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-GROUPS = {
-    "paths": PathsConfig, "corpus": CorpusConfig, "generator": GeneratorConfig,
-    "synthesis": SynthesisConfig, "model": ModelConfig, "data": DataConfig,
-    "optim": OptimConfig, "trainer": TrainerConfig, "eval": EvalConfig,
-    "tracker": TrackerConfig, "demo": DemoConfig,
-}
-ROOTS = {"run_schema": RunConfig, "sweep_schema": SweepConfig, "analyze_schema": AnalyzeConfig}
-
-
 def register_configs() -> None:
-    """Store the schemas so YAML files can extend them (`defaults: [<group>_schema]`)."""
+    """Store the root schemas; the primary YAML configs extend them (`defaults: [run_schema]`),
+    which types every group and rejects keys the schema does not have."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    for name, node in ROOTS.items():
-        cs.store(name=name, node=node)
-    for group, node in GROUPS.items():
-        cs.store(group=group, name=f"{group}_schema", node=node)
+    cs.store(name="run_schema", node=RunConfig, replace=True)
+    cs.store(name="analyze_schema", node=AnalyzeConfig, replace=True)
 
 
 def validate(cfg: DictConfig) -> Any:

@@ -1,0 +1,3 @@
+from entigraph.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""What each `entigraph` command does, given its composed and validated config."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from entigraph.corpus import load_corpus, reference_split
+from entigraph.records import read_record, run_record, write_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def generate(cfg: DictConfig) -> dict:
+    from entigraph.synthesis import synthesize
+
+    docs = load_corpus(cfg.corpus, cfg.paths.cache)
+    manifest = synthesize(docs, cfg.synthesis, cfg.generator, Path(cfg.synthesis.output_dir))
+    print(f"synthetic corpus: {cfg.synthesis.output_dir} "
+          f"({manifest['totals']['texts']} texts from {len(docs)} documents)")
+    return manifest
+
+
+def eval_questions(cfg: DictConfig) -> list:
+    """The (document, question) pairs of the configured split."""
+    docs = load_corpus(cfg.corpus, cfg.paths.cache)
+    if cfg.eval.split != "all":
+        validation, test = reference_split(docs, cfg.eval.validation_share)
+        docs = validation if cfg.eval.split == "validation" else test
+    return [(doc, q) for doc in docs for q in doc.questions]
+
+
+def _evaluate_into(record, model, tokenizer, cfg: DictConfig) -> dict:
+    """Score `model` on the configured questions; metrics to the record, per-question records
+    to <run_dir>/questions.jsonl (for the analysis's question-level bootstrap)."""
+    from entigraph.evaluation import evaluate_multiple_choice
+
+    result = evaluate_multiple_choice(model, tokenizer, eval_questions(cfg),
+                                      Path(cfg.run_dir) / "eval", batch_size=cfg.eval.batch_size,
+                                      limit=cfg.eval.limit)
+    write_atomic(Path(cfg.run_dir) / "questions.jsonl",
+                 "".join(json.dumps(q) + "\n" for q in result["questions"]))
+    record.set_metrics(**result["metrics"])
+    return result["metrics"]
+
+
+def train(cfg: DictConfig) -> dict:
+    from entigraph import training
+
+    with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
+        model, tokenizer = training.train(cfg, record)
+        if cfg.eval.after_training:
+            _evaluate_into(record, model, tokenizer, cfg)
+    print(f"run folder: {cfg.run_dir}")
+    return read_record(cfg.run_dir)
+
+
+def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
+    with run_record(cfg.run_dir, "eval", _plain(cfg), cfg.tracker) as record:
+        metrics = _evaluate_into(record, cfg.checkpoint, None, cfg)
+    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_questions']} questions; "
+          f"record: {Path(cfg.run_dir) / 'record.json'}")
+    return read_record(cfg.run_dir)
+
+
+def sweep(cfg: DictConfig) -> list[dict]:
+    """Train and evaluate every grid point in turn. Completed points are skipped on a rerun; a
+    failed point is recorded in its folder and the sweep goes on."""
+    from entigraph.sweeps.grid import grid_points
+
+    points = grid_points(cfg, cfg.sweep.grid)  # every point validated before any run starts
+    records = []
+    for i, point in enumerate(points, 1):
+        previous = read_record(point.run_dir)
+        if previous and previous["status"] == "completed":
+            log.info("[%d/%d] %s already completed; skipping", i, len(points), point.run_dir)
+            records.append(previous)
+            continue
+        log.info("[%d/%d] training %s", i, len(points), point.run_dir)
+        try:
+            records.append(train(point))
+        except Exception:  # recorded as failed in its run folder; the sweep goes on
+            log.exception("run %s failed", point.run_dir)
+            records.append(read_record(point.run_dir))
+    failed = [r["run_dir"] for r in records if r and r["status"] != "completed"]
+    print(f"sweep: {len(points) - len(failed)}/{len(points)} runs completed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return records
+
+
+def analyze(cfg: DictConfig) -> dict:
+    from entigraph.analysis.report import write_report
+
+    outputs = write_report(cfg.input, Path(cfg.output_dir))
+    for name, path in outputs.items():
+        print(f"{name}: {path}")
+    return outputs
+
+
+def demo(cfg: DictConfig) -> None:
+    """Generate, sweep the synthetic token budget, and analyse: the whole pipeline, small."""
+    generate(cfg)
+    sweep(cfg)
+    analysis_cfg = OmegaConf.create({"input": cfg.paths.runs,
+                                     "output_dir": str(Path(cfg.paths.root) / "analysis")})
+    outputs = analyze(analysis_cfg)
+    print(f"\ndemo finished. synthetic corpus: {cfg.synthesis.output_dir}\n"
+          f"run records: {cfg.paths.runs}/*/*/record.json\nplot: {outputs['plot']}")
+

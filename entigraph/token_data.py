@@ -1,0 +1,121 @@
+"""Token arrays: each corpus tokenised once, a budget selected by index, blocks packed.
+
+A token folder holds `tokens.bin` (all texts back to back, each followed by EOS), `offsets.npy`
+(text boundaries) and `manifest.json`, keyed by the source's content and the tokenizer, so no
+run re-tokenises and no cache is read with the wrong tokenizer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from entigraph.errors import ConfigError
+from entigraph.records import write_json_atomic
+
+BATCH = 512
+
+
+@dataclass
+class TokenArrays:
+    tokens: np.ndarray  # memory-mapped, 1-D
+    offsets: np.ndarray  # len(texts) + 1 boundaries into tokens
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+
+def cache_key(source_digest: str, tokenizer_fingerprint: str) -> str:
+    return hashlib.sha256(f"{source_digest}:{tokenizer_fingerprint}".encode()).hexdigest()[:16]
+
+
+def tokenize_once(texts: Callable[[], list[str]], tokenizer, out_dir: Path, meta: dict) -> TokenArrays:
+    """Tokenise `texts()` into `out_dir` unless a complete cache is already there."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "manifest.json").exists():
+        _tokenize(texts(), tokenizer, out_dir, meta)
+    return load_tokens(out_dir)
+
+
+def _tokenize(texts: list[str], tokenizer, out_dir: Path, meta: dict) -> None:
+    ids: list[list[int]] = []
+    for start in tqdm(range(0, len(texts), BATCH), desc="tokenising", unit="batch"):
+        # The fast tokenizer encodes a batch on all cores.
+        ids.extend(tokenizer(texts[start:start + BATCH], add_special_tokens=False)["input_ids"])
+    lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
+    tokens = np.fromiter((t for x in ids for t in (*x, tokenizer.eos_token_id)),
+                         dtype=dtype, count=int(offsets[-1]))
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tokens.tofile(tmp / "tokens.bin")
+    np.save(tmp / "offsets.npy", offsets)
+    write_json_atomic(tmp / "manifest.json", {**meta, "dtype": np.dtype(dtype).name,
+                                              "n_texts": len(ids), "n_tokens": int(offsets[-1])})
+    tmp.rename(out_dir)  # the folder appears complete or not at all
+
+
+def load_tokens(token_dir: Path) -> TokenArrays:
+    token_dir = Path(token_dir)
+    manifest = json.loads((token_dir / "manifest.json").read_text())
+    tokens = np.memmap(token_dir / "tokens.bin", dtype=manifest["dtype"], mode="r")
+    return TokenArrays(tokens, np.load(token_dir / "offsets.npy"))
+
+
+def select_budget(offsets: np.ndarray, budget: int | None, seed: int) -> list[tuple[int, int]]:
+    """Spans of a seeded random subset of texts holding exactly `budget` tokens (all if None).
+
+    The texts are taken in one seeded permutation and the last one is cut, so the subset for a
+    smaller budget is always a prefix of the subset for a larger one (nested budgets).
+    """
+    available = int(offsets[-1])
+    if budget is None:
+        budget = available
+    if budget > available:
+        raise ConfigError(f"config: data.synthetic_tokens={budget} exceeds the {available} "
+                          f"synthetic tokens in the corpus; set data.synthetic_tokens <= {available}")
+    order = np.random.default_rng(seed).permutation(len(offsets) - 1)
+    spans, total = [], 0
+    for i in order:
+        start, end = int(offsets[i]), int(offsets[i + 1])
+        take = min(end - start, budget - total)
+        spans.append((start, start + take))
+        total += take
+        if total == budget:
+            break
+    return spans
+
+
+def gather(tokens: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    return np.concatenate([tokens[a:b] for a, b in spans]) if spans else tokens[:0]
+
+
+def pack_blocks(stream: np.ndarray, block_size: int) -> np.ndarray:
+    """Cut a token stream into full blocks (no padding); the tail shorter than a block is dropped."""
+    n = len(stream) // block_size
+    return np.asarray(stream[: n * block_size], dtype=np.int64).reshape(n, block_size)
+
+
+def replay_block_count(synthetic_blocks: int, mixing_ratio: float) -> int:
+    """Replay blocks so that they make up `mixing_ratio` of all training blocks (they add steps)."""
+    return round(synthetic_blocks * mixing_ratio / (1.0 - mixing_ratio))
+
+
+def sample_replay_blocks(replay: np.ndarray, block_size: int, count: int, seed: int) -> np.ndarray:
+    """`count` distinct replay blocks (repeating only when the replay corpus is too small)."""
+    blocks = pack_blocks(replay, block_size)
+    if len(blocks) == 0 and count:
+        raise ConfigError(f"config: data.replay_path holds fewer than data.block_size={block_size} "
+                          f"tokens; give a larger replay corpus")
+    rng = np.random.default_rng(seed)
+    picks = np.concatenate([rng.permutation(len(blocks)) for _ in range(-(-count // max(len(blocks), 1)))])
+    return blocks[picks[:count]] if count else blocks[:0]

@@ -1,0 +1,59 @@
+"""W&B as a mirror of the run record: config, group, tags, job type, curves and summary.
+
+Mode `auto` runs online only when an API key is in the environment and offline otherwise, so
+wandb never stops to ask for a login. Keys live only in the environment; the config we send is
+the resolved run config, which by construction holds environment variable *names*, not values.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def resolve_mode(mode: str) -> str:
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class Tracker:
+    """A started W&B run; the record calls it, nothing else does."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def log(self, values: dict[str, Any], step: int) -> None:
+        self.run.log(values, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.run.summary.update(values)
+
+    def finish(self, failed: bool) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
+
+
+def start_tracker(tracker_cfg, config: dict, run_dir: Path, job_type: str) -> Tracker | None:
+    """Start a W&B run for `run_dir`, or return None when tracking is disabled."""
+    mode = resolve_mode(tracker_cfg.mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run = wandb.init(
+        project=tracker_cfg.project,
+        entity=tracker_cfg.entity,
+        group=tracker_cfg.group,
+        tags=list(tracker_cfg.tags),
+        job_type=job_type,
+        name=config.get("run_name") or Path(run_dir).name,
+        dir=str(run_dir),
+        config=config,
+        mode=mode,
+        reinit="create_new",
+        settings=wandb.Settings(console="off", disable_git=True, x_disable_stats=True,
+                                silent=True),
+    )
+    return Tracker(run)

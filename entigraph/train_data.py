@@ -1,0 +1,96 @@
+"""The training blocks of one run: the synthetic budget plus replay, and what they amount to.
+
+Meaning of the sweep axes (also in the README):
+- data.synthetic_tokens: unique synthetic tokens, a seeded nested subset of the corpus;
+- data.mixing_ratio r: the share of training blocks drawn from the replay corpus. Replay blocks
+  are added (r / (1 - r) per synthetic block), so every synthetic token is still seen each epoch
+  and replay adds steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from entigraph.errors import ConfigError, CorpusError
+from entigraph.models import tokenizer_fingerprint
+from entigraph.synthesis import MANIFEST, read_corpus
+from entigraph.token_data import (cache_key, gather, pack_blocks, replay_block_count,
+                                  sample_replay_blocks, select_budget, tokenize_once)
+
+
+@dataclass
+class TrainingBlocks:
+    blocks: np.ndarray  # (n, block_size) int64
+    is_replay: np.ndarray  # (n,) bool
+    derived: dict
+
+
+def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
+    corpus_dir = Path(data_cfg.corpus_dir)
+    read_corpus(corpus_dir)  # fails clearly when the corpus is missing or incomplete
+    digest = hashlib.sha256((corpus_dir / MANIFEST).read_bytes()).hexdigest()
+    key = cache_key(digest, tokenizer_fingerprint(tokenizer))
+    return tokenize_once(lambda: [item["text"] for item in read_corpus(corpus_dir)], tokenizer,
+                         Path(cache_root) / f"synthetic-{key}",
+                         {"source": str(corpus_dir), "corpus_manifest_sha256": digest})
+
+
+def read_replay_texts(path: Path) -> list[str]:
+    """A replay corpus: JSON lines with a "text" field (RedPajama style) or plain text."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config: data.replay_path={path} does not exist")
+    if path.suffix != ".jsonl":
+        return [path.read_text()]
+    texts = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise CorpusError(f"{path}:{n}: expected a JSON object with a \"text\" field ({err})")
+    return texts
+
+
+def replay_tokens(data_cfg, tokenizer, cache_root: Path):
+    path = Path(data_cfg.replay_path)
+    texts = read_replay_texts(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    key = cache_key(digest, tokenizer_fingerprint(tokenizer))
+    return tokenize_once(lambda: texts, tokenizer, Path(cache_root) / f"replay-{key}",
+                         {"source": str(path), "sha256": digest})
+
+
+def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epochs: int) -> TrainingBlocks:
+    if data_cfg.mixing_ratio > 0 and not data_cfg.replay_path:
+        raise ConfigError(f"config: data.mixing_ratio={data_cfg.mixing_ratio} needs a replay "
+                          f"corpus; set data.replay_path or data.mixing_ratio=0")
+    syn = synthetic_tokens(data_cfg, tokenizer, cache_root)
+    spans = select_budget(syn.offsets, data_cfg.synthetic_tokens, seed)
+    syn_blocks = pack_blocks(gather(syn.tokens, spans), data_cfg.block_size)
+    if len(syn_blocks) == 0:
+        raise ConfigError(f"config: data.synthetic_tokens={data_cfg.synthetic_tokens} is less "
+                          f"than one block (data.block_size={data_cfg.block_size})")
+    n_replay = replay_block_count(len(syn_blocks), data_cfg.mixing_ratio)
+    replay = (sample_replay_blocks(replay_tokens(data_cfg, tokenizer, cache_root).tokens,
+                                   data_cfg.block_size, n_replay, seed)
+              if n_replay else syn_blocks[:0])
+    bs = data_cfg.block_size
+    derived = {
+        "corpus_tokens_available": syn.n_tokens,
+        "synthetic_tokens_selected": sum(b - a for a, b in spans),
+        "synthetic_tokens_trained": len(syn_blocks) * bs,  # the tail under one block is dropped
+        "synthetic_blocks": len(syn_blocks),
+        "replay_blocks": n_replay,
+        "tokens_seen_synthetic": len(syn_blocks) * bs * epochs,
+        "tokens_seen_replay": n_replay * bs * epochs,
+        "replay_share": n_replay / (n_replay + len(syn_blocks)),
+    }
+    return TrainingBlocks(np.concatenate([syn_blocks, replay]),
+                          np.r_[np.zeros(len(syn_blocks), bool), np.ones(n_replay, bool)], derived)

@@ -1,0 +1,36 @@
+"""Expanding a grid of config values into the configs of its runs."""
+from __future__ import annotations
+
+import copy
+import itertools
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+
+from entigraph.config import validate
+from entigraph.errors import ConfigError
+
+
+def with_overrides(cfg: DictConfig, overrides: dict) -> DictConfig:
+    """A copy of `cfg` with dotted keys set; keys the schema lacks are refused (struct mode)."""
+    point = copy.deepcopy(cfg)
+    for key, value in overrides.items():
+        try:
+            OmegaConf.update(point, key, value, merge=False)
+        except ConfigKeyError:
+            raise ConfigError(f"config: sweep.grid key {key!r} is not a config key; "
+                              f"sweeps can only set existing keys such as optim.lr") from None
+    return point
+
+
+def grid_points(cfg: DictConfig, grid) -> list[DictConfig]:
+    """One validated config per combination of the grid's values, in grid order."""
+    if not grid or any(len(values) == 0 for values in grid.values()):
+        raise ConfigError("config: sweep.grid is empty; give each key a list of values, e.g. "
+                          "'sweep.grid={data.synthetic_tokens:[1000,2000]}'")
+    keys = list(grid)
+    points = [with_overrides(cfg, dict(zip(keys, combo)))
+              for combo in itertools.product(*(grid[k] for k in keys))]
+    for point in points:
+        validate(point)
+    return points

@@ -1,0 +1,27 @@
+"""Test-wide settings: no hub look-ups, no W&B traffic, configs composed as the CLI does."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def compose():
+    """compose(config_name, overrides) -> DictConfig, exactly as `entigraph <command>` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from entigraph.config import register_configs
+
+    register_configs()
+
+    def _compose(name: str, overrides: list[str] = ()):
+        with initialize_config_module("entigraph.conf"):
+            return hydra_compose(name, overrides=list(overrides), return_hydra_config=False)
+
+    return _compose

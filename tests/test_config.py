@@ -1,0 +1,101 @@
+import subprocess
+import sys
+from importlib.resources import files
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from entigraph.config import validate
+from entigraph.errors import ConfigError
+
+COMMANDS = ["generate", "train", "eval", "sweep", "demo", "analyze"]
+RUN_COMMANDS = ["generate", "train", "eval", "sweep", "demo"]
+REQUIRED = {"eval": ["checkpoint=/tmp/model"]}
+
+
+def group_options():
+    conf = files("entigraph.conf")
+    return [(group.name, option.name.removesuffix(".yaml"))
+            for group in conf.iterdir() if group.is_dir() and not group.name.startswith("_")
+            for option in group.iterdir() if option.name.endswith(".yaml")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_config_composes_and_validates(compose, command):
+    cfg = compose(command, REQUIRED.get(command, []))
+    validate(cfg)
+
+
+@pytest.mark.parametrize("group,option", group_options())
+def test_every_group_option_composes_under_train(compose, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "corpus" and option in ("jsonl", "textdir"):
+        overrides.append("corpus.path=/tmp/x")
+    cfg = compose("train", overrides)
+    validate(cfg)
+
+
+def test_sweepable_knobs_have_defaults(compose):
+    cfg = compose("train")
+    assert cfg.data.synthetic_tokens is None  # null: the whole corpus
+    assert cfg.data.mixing_ratio == 0.0
+    assert cfg.optim.lr == 5e-6
+    assert cfg.seed == 0
+
+
+@pytest.mark.parametrize("override,key,allowed", [
+    ("data.mixing_ratio=1.0", "data.mixing_ratio", "[0.0, 1.0)"),
+    ("data.mixing_ratio=-0.1", "data.mixing_ratio", "[0.0, 1.0)"),
+    ("data.synthetic_tokens=0", "data.synthetic_tokens", "(0, inf)"),
+    ("optim.lr=-1e-5", "optim.lr", "(0.0, inf)"),
+    ("trainer.epochs=0", "trainer.epochs", "(0, inf)"),
+    ("eval.split=dev", "eval.split", "one of: all, validation, test"),
+])
+def test_out_of_range_values_name_key_and_range(compose, override, key, allowed):
+    with pytest.raises(ConfigError) as err:
+        validate(compose("train", [override]))
+    message = str(err.value)
+    assert key in message and allowed in message and "\n" not in message
+
+
+def test_unknown_key_and_wrong_type_fail_at_composition(compose):
+    with pytest.raises(ConfigCompositionException):
+        compose("train", ["data.not_a_knob=1"])
+    with pytest.raises(ConfigCompositionException):
+        compose("train", ["data.synthetic_tokens=1.5"])
+
+
+def test_experiment_preset_overrides_groups(compose):
+    cfg = compose("train", ["experiment=smoke"])
+    assert cfg.data.block_size == 64 and cfg.tracker.mode == "disabled"
+
+
+def entigraph(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "entigraph", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_help_lists_every_command(tmp_path):
+    out = entigraph("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for command in COMMANDS:
+        assert f"  {command} " in out.stdout
+
+
+def test_cli_prints_composed_config(tmp_path):
+    out = entigraph("train", "optim.lr=1e-4", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "lr: 0.0001" in out.stdout and "mixing_ratio: 0.0" in out.stdout
+
+
+def test_cli_bad_value_fails_before_work_with_one_line(tmp_path):
+    out = entigraph("train", "data.mixing_ratio=1.5", f"paths.root={tmp_path}/out", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "data.mixing_ratio" in out.stderr and "[0.0, 1.0)" in out.stderr
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_cli_unknown_command(tmp_path):
+    out = entigraph("fit", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown command 'fit'" in out.stderr

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from entigraph.records import RECORD, read_record, run_record, write_atomic
+
+
+def test_completed_run_writes_config_and_record(tmp_path):
+    run = tmp_path / "run"
+    with run_record(run, "train", {"optim": {"lr": 0.1}}) as record:
+        assert read_record(run)["status"] == "running"
+        record.set_derived(steps=3)
+        record.log(1, loss=2.5)
+        record.set_metrics(accuracy=0.5)
+    data = read_record(run)
+    assert data["status"] == "completed" and data["error"] is None
+    assert data["metrics"] == {"accuracy": 0.5} and data["derived"] == {"steps": 3}
+    assert data["history"] == [{"step": 1, "loss": 2.5}]
+    assert data["ended_at"] and data["duration_s"] >= 0
+    assert "lr: 0.1" in (run / "config.yaml").read_text()
+
+
+def test_failed_run_is_finalised_with_its_error(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with run_record(run, "train", {}) as record:
+            record.set_metrics(partial=1)
+            raise RuntimeError("out of memory")
+    data = read_record(run)
+    assert data["status"] == "failed"
+    assert data["error"] == "RuntimeError: out of memory"
+    assert "out of memory" in data["traceback"]
+    assert data["metrics"] == {"partial": 1} and data["ended_at"]
+
+
+def test_interrupted_run_is_recorded_as_failed(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with run_record(tmp_path, "train", {}):
+            raise KeyboardInterrupt
+    assert read_record(tmp_path)["status"] == "failed"
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    write_atomic(tmp_path / "a.json", "1")
+    write_atomic(tmp_path / "a.json", "2")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "2"
+
+
+def test_wandb_offline_mirror_gets_config_but_never_the_api_key(tmp_path, monkeypatch):
+    secret = "sk-test-" + "x" * 32
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    tracker = OmegaConf.create({"mode": "auto", "project": "entigraph-test", "entity": None,
+                                "group": "g1", "tags": ["t1"]})
+    config = {"run_name": "r1", "generator": {"api_key_env": "OPENAI_API_KEY"},
+              "optim": {"lr": 0.000123}}
+    with run_record(tmp_path / "run", "train", config, tracker) as record:
+        record.log(1, loss=1.5)
+        record.set_metrics(accuracy=0.25)
+    logs = list((tmp_path / "run").rglob("*.wandb"))
+    assert logs, "offline W&B run wrote no log"
+    blob = logs[0].read_bytes()
+    assert b"0.000123" in blob and b"OPENAI_API_KEY" in blob  # the config, with the key's name only
+    for path in (tmp_path / "run").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert json.loads((tmp_path / "run" / RECORD).read_text())["status"] == "completed"
