@@ -1,0 +1,67 @@
+"""End to end: the real commands, small, in a temporary folder."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def entigraph(*args, cwd):
+    out = subprocess.run([sys.executable, "-m", "entigraph", *args], cwd=cwd,
+                         capture_output=True, text=True, timeout=900)
+    return out
+
+
+def records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "runs").rglob("record.json"))]
+
+
+def test_demo_end_to_end(tmp_path):
+    out = entigraph("demo", f"paths.root={tmp_path}/demo", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = records(tmp_path / "demo")
+    assert len(runs) == 3
+    for run in runs:
+        assert run["status"] == "completed"
+        assert 0.0 <= run["metrics"]["accuracy"] <= 1.0 and run["metrics"]["n_questions"] == 20
+        assert run["derived"]["synthetic_tokens_selected"] in (4000, 16000, 64000)
+        questions = (Path(run["run_dir"]) / "questions.jsonl").read_text().splitlines()
+        assert len(questions) == 20
+    plot = tmp_path / "demo" / "analysis" / "accuracy_vs_tokens.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(plot) in out.stdout and "run records:" in out.stdout
+    table = (tmp_path / "demo" / "analysis" / "results.csv").read_text().splitlines()
+    assert len(table) == 4  # header and three runs
+
+
+def test_sweep_survives_a_failing_point_and_rerun_skips_completed(tmp_path):
+    grid = "sweep.grid={data.synthetic_tokens:[1024,2048,99999999]}"
+    args = ("sweep", "experiment=smoke", grid, f"paths.root={tmp_path}")
+    first = entigraph(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2/3 runs completed" in first.stdout
+    status = {r["derived"].get("synthetic_tokens_selected", "failed"): r["status"]
+              for r in records(tmp_path)}
+    assert status == {1024: "completed", 2048: "completed", "failed": "failed"}
+    failed = next(r for r in records(tmp_path) if r["status"] == "failed")
+    assert "exceeds the" in failed["error"]
+
+    second = entigraph(*args, cwd=tmp_path)
+    assert "already completed; skipping" in second.stdout + second.stderr
+    assert second.stdout.count("skipping") + second.stderr.count("skipping") == 2
+
+
+def test_eval_command_scores_a_trained_model(tmp_path):
+    train = entigraph("train", "experiment=smoke", f"paths.root={tmp_path}", cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    (run,) = records(tmp_path)
+    model = Path(run["run_dir"]) / "model"
+    out = entigraph("eval", f"checkpoint={model}", f"paths.root={tmp_path}/ev",
+                    "tracker.mode=disabled", "eval.limit=8", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (evaluated,) = records(tmp_path / "ev")
+    assert evaluated["job_type"] == "eval" and evaluated["status"] == "completed"
+    assert evaluated["metrics"]["n_questions"] == 8
