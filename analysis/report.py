@@ -31,6 +31,7 @@ def plot_accuracy(rows: list[dict], path: Path) -> None:
         points = list(points)
         ax.plot([p["synthetic_tokens"] for p in points], [100 * p["accuracy"] for p in points],
                 marker="o", label=group)
+    ax.axhline(25, color="grey", linestyle=":", label="chance (4 options)")
     ax.set_xscale("log")
     ax.set_xlabel("synthetic tokens")
     ax.set_ylabel("QA accuracy (%)")

@@ -52,7 +52,9 @@ def _evaluate_into(record, model, tokenizer, cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig) -> dict:
     from entigraph import training
+    from entigraph.synthesis import require_complete
 
+    require_complete(cfg.data.corpus_dir)  # before a run folder exists
     with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
         model, tokenizer = training.train(cfg, record)
         if cfg.eval.after_training:

@@ -73,11 +73,15 @@ def synthesize(docs: list[Document], synthesis_cfg, generator_cfg, out_dir: Path
     return manifest
 
 
-def read_corpus(corpus_dir: Path) -> list[dict]:
-    """The synthetic texts of a complete corpus folder, in file order."""
-    corpus_dir = Path(corpus_dir)
+def require_complete(corpus_dir: Path) -> None:
     if read_manifest(corpus_dir) is None:
         raise CorpusError(f"no complete synthetic corpus at {corpus_dir} (no {MANIFEST}); "
                           f"run `entigraph generate` first or set data.corpus_dir")
+
+
+def read_corpus(corpus_dir: Path) -> list[dict]:
+    """The synthetic texts of a complete corpus folder, in file order."""
+    corpus_dir = Path(corpus_dir)
+    require_complete(corpus_dir)
     with open(corpus_dir / CORPUS) as f:
         return [json.loads(line) for line in f]

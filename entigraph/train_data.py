@@ -17,7 +17,7 @@ import numpy as np
 
 from entigraph.errors import ConfigError, CorpusError
 from entigraph.models import tokenizer_fingerprint
-from entigraph.synthesis import MANIFEST, read_corpus
+from entigraph.synthesis import MANIFEST, read_corpus, require_complete
 from entigraph.token_data import (cache_key, gather, pack_blocks, replay_block_count,
                                   sample_replay_blocks, select_budget, tokenize_once)
 
@@ -31,7 +31,7 @@ class TrainingBlocks:
 
 def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
     corpus_dir = Path(data_cfg.corpus_dir)
-    read_corpus(corpus_dir)  # fails clearly when the corpus is missing or incomplete
+    require_complete(corpus_dir)
     digest = hashlib.sha256((corpus_dir / MANIFEST).read_bytes()).hexdigest()
     key = cache_key(digest, tokenizer_fingerprint(tokenizer))
     return tokenize_once(lambda: [item["text"] for item in read_corpus(corpus_dir)], tokenizer,

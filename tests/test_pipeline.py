@@ -37,9 +37,18 @@ def test_demo_end_to_end(tmp_path):
     assert len(table) == 4  # header and three runs
 
 
-def test_sweep_survives_a_failing_point_and_rerun_skips_completed(tmp_path):
+@pytest.fixture(scope="module")
+def corpus_root(tmp_path_factory):
+    """A root folder holding the built-in corpus's synthetic corpus (generated once)."""
+    root = tmp_path_factory.mktemp("root")
+    out = entigraph("generate", f"paths.root={root}", cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root
+
+
+def test_sweep_survives_a_failing_point_and_rerun_skips_completed(corpus_root, tmp_path):
     grid = "sweep.grid={data.synthetic_tokens:[1024,2048,99999999]}"
-    args = ("sweep", "experiment=smoke", grid, f"paths.root={tmp_path}")
+    args = ("sweep", "experiment=smoke", grid, f"paths.root={corpus_root}", f"paths.runs={tmp_path}/runs")
     first = entigraph(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "2/3 runs completed" in first.stdout
@@ -54,8 +63,16 @@ def test_sweep_survives_a_failing_point_and_rerun_skips_completed(tmp_path):
     assert second.stdout.count("skipping") + second.stderr.count("skipping") == 2
 
 
-def test_eval_command_scores_a_trained_model(tmp_path):
-    train = entigraph("train", "experiment=smoke", f"paths.root={tmp_path}", cwd=tmp_path)
+def test_train_without_a_corpus_says_to_generate(tmp_path):
+    out = entigraph("train", "experiment=smoke", f"paths.root={tmp_path}", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "run `entigraph generate` first" in out.stderr and out.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_eval_command_scores_a_trained_model(corpus_root, tmp_path):
+    train = entigraph("train", "experiment=smoke", f"paths.root={corpus_root}",
+                      f"paths.runs={tmp_path}/runs", cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     (run,) = records(tmp_path)
     model = Path(run["run_dir"]) / "model"

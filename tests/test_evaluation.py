@@ -1,0 +1,190 @@
+"""Closed-book multiple-choice evaluation through lm-eval, on a tiny model built locally."""
+import subprocess
+import sys
+
+import pytest
+
+from entigraph.corpus import Document, Question
+from entigraph.errors import EntigraphError
+from entigraph.evaluation import evaluate_multiple_choice, render_prompt
+
+LAMP = Document(uid="lamp", title="The Lamplighter of Varrow Quay", author="Iselda Marrow",
+                year=1931, text="(not shown to the model)")
+FOG = Document(uid="fog", title="Fog on the Banks", author="unknown", year=None, text="(unused)")
+QUESTIONS = [
+    (LAMP, Question("lamp-1", "What did the harbour folk call the brass key?",
+                    ("the Shepherd", "the Warden", "the Beacon", "the Gull"), 0)),
+    (LAMP, Question("lamp-2", "Who finished lighting the quay lamps?",
+                    ("Agatha", "Hester", "Mira", "Lucan"), 2, hard=True)),
+    (LAMP, Question("lamp-3", "How many lamps stand along the waterfront?",
+                    ("twelve", "nineteen", "a hundred", "forty-two"), 3)),
+    (FOG, Question("fog-1", "Which ship was overdue?",
+                   ("the Heron", "the Gull's Promise", "the Skerrow", "the Chapel"), 1, hard=True)),
+    (FOG, Question("fog-2", "Where was the keeper carried?",
+                   ("the infirmary", "the quay", "the Customs House", "the lighthouse"), 0)),
+    (FOG, Question("fog-3", "What guided the rowing boat through the fog?",
+                   ("a lantern", "the stars", "the bell buoy", "a compass"), 2, hard=True)),
+]
+
+
+def answer_text(doc, q):
+    return f"{render_prompt(doc, q)} {q.options[q.gold]}"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """(tokenizer, untrained model) built locally: the tokenizer is trained on the prompts."""
+    from entigraph.config import ModelConfig
+    from entigraph.tiny_model import build_tiny_model, train_tokenizer
+
+    texts = [answer_text(d, q) for d, q in QUESTIONS] + [o for _, q in QUESTIONS for o in q.options]
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    model = build_tiny_model(ModelConfig(), len(tokenizer), context_length=128, seed=0)
+    return tokenizer, model
+
+
+# --- prompts and validation (no model needed) ---------------------------------------------
+
+def test_prompt_follows_the_paper_and_drops_unknown_parts():
+    doc, q = QUESTIONS[0]
+    assert render_prompt(doc, q) == ('In the context of "The Lamplighter of Varrow Quay", written by '
+                                     'Iselda Marrow in 1931, What did the harbour folk call the '
+                                     'brass key?\nAnswer:')
+    assert render_prompt(FOG, QUESTIONS[3][1]).startswith('In the context of "Fog on the Banks", Which')
+    no_author = Document("x", "T", "", 1950, "")
+    assert render_prompt(no_author, q).startswith('In the context of "T", written in 1950, What')
+    no_year = Document("x", "T", "Ann Bell", None, "")
+    assert render_prompt(no_year, q).startswith('In the context of "T", written by Ann Bell, What')
+
+
+@pytest.mark.parametrize("bad,message", [
+    (Question("q-three", "?", ("a", "b", "c"), 0), "'q-three' has 3 options"),
+    (Question("q-five", "?", ("a", "b", "c", "d", "e"), 0), "'q-five' has 5 options"),
+    (Question("q-gold4", "?", ("a", "b", "c", "d"), 4), "'q-gold4' has gold answer 4"),
+    (Question("q-neg", "?", ("a", "b", "c", "d"), -1), "'q-neg' has gold answer -1"),
+    (Question("lamp-1", "?", ("a", "b", "c", "d"), 0), "'lamp-1' appears more than once"),
+])
+def test_bad_questions_are_rejected_by_uid(bad, message, tmp_path):
+    with pytest.raises(EntigraphError, match=message) as info:
+        evaluate_multiple_choice(None, None, QUESTIONS + [(LAMP, bad)], tmp_path / "eval")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "eval").exists()  # rejected before anything is written
+
+
+def test_empty_question_list_is_rejected(tmp_path):
+    with pytest.raises(EntigraphError, match="no questions"):
+        evaluate_multiple_choice(None, None, [], tmp_path)
+
+
+def test_missing_model_folder_is_not_looked_up_on_the_hub(tmp_path):
+    with pytest.raises(EntigraphError, match="not found or has no config.json"):
+        evaluate_multiple_choice(tmp_path / "nowhere", None, QUESTIONS, tmp_path / "eval")
+
+
+def test_module_imports_without_the_heavy_stack():
+    code = ("import sys, entigraph.evaluation; "
+            "print(sorted(m for m in ('torch', 'transformers', 'lm_eval', 'datasets') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# --- through lm-eval ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_end_to_end_records_every_question(tiny, tmp_path, caplog):
+    tokenizer, model = tiny
+    model.train()
+    result = evaluate_multiple_choice(model, tokenizer, QUESTIONS, tmp_path, batch_size=4)
+    assert model.training  # the caller's mode is restored
+    # quiet: no lm-eval warnings about being handed a model object
+    assert not [r for r in caplog.records if r.name.startswith("lm_eval")]
+
+    # render_prompt is the very prompt lm-eval built from the JSONL row
+    from lm_eval.utils import apply_template
+
+    from entigraph.evaluation import DOC_TO_TEXT, question_row
+    for doc, q in QUESTIONS:
+        assert apply_template(DOC_TO_TEXT, question_row(doc, q)) == render_prompt(doc, q)
+
+    records, metrics = result["questions"], result["metrics"]
+    assert [r["question_id"] for r in records] == [q.uid for _, q in QUESTIONS]
+    assert all(r["prediction"] in range(4) for r in records)
+    assert all(r["correct"] == (r["prediction"] == r["gold"]) for r in records)
+    assert [r["gold"] for r in records] == [q.gold for _, q in QUESTIONS]
+    assert [r["hard"] for r in records] == [q.hard for _, q in QUESTIONS]
+    assert metrics["n_questions"] == 6 and metrics["parse_rate"] == 1.0
+    assert metrics["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 6)
+    hard = [r["correct"] for r in records if r["hard"]]
+    nonhard = [r["correct"] for r in records if not r["hard"]]
+    assert metrics["accuracy_hard"] == pytest.approx(sum(hard) / len(hard))
+    assert metrics["accuracy_nonhard"] == pytest.approx(sum(nonhard) / len(nonhard))
+    assert (metrics["accuracy_hard"] * len(hard) + metrics["accuracy_nonhard"] * len(nonhard)
+            == pytest.approx(metrics["accuracy"] * 6))
+
+    # limit takes the first questions; no hard ones among them gives None, not 0
+    limited = evaluate_multiple_choice(model, tokenizer, QUESTIONS, tmp_path, batch_size=4, limit=1)
+    assert limited["metrics"]["n_questions"] == 1
+    assert limited["metrics"]["accuracy_hard"] is None
+    assert limited["questions"] == records[:1]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Offline flags off (as on a user's machine) but every connection attempt fails and is
+    recorded: catches hub look-ups and the datasets download-count ping."""
+    import socket
+
+    import datasets
+    import huggingface_hub
+
+    attempts = []
+
+    def refuse(host, *args, **kwargs):
+        attempts.append(host)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", lambda address, *a, **k: refuse(address[0]))
+    return attempts
+
+
+@pytest.mark.slow
+def test_saved_model_folder_gives_the_same_predictions(tiny, tmp_path, no_network):
+    tokenizer, model = tiny
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    in_memory = evaluate_multiple_choice(model, tokenizer, QUESTIONS, tmp_path / "a")
+    from_folder = evaluate_multiple_choice(str(folder), None, QUESTIONS, tmp_path / "b")
+    assert from_folder == in_memory
+    assert no_network == []  # neither path tried to reach the hub (or S3)
+
+
+@pytest.mark.slow
+def test_training_on_the_answers_beats_the_untrained_model(tiny, tmp_path):
+    import copy
+
+    import torch
+
+    tokenizer, untrained = tiny
+    before = evaluate_multiple_choice(untrained, tokenizer, QUESTIONS, tmp_path / "before")
+
+    model = copy.deepcopy(untrained)
+    model.train()
+    torch.manual_seed(0)
+    batch = tokenizer([answer_text(d, q) + tokenizer.eos_token for d, q in QUESTIONS],
+                      return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(80):  # 60 already reach 6/6 on every seed tried
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = evaluate_multiple_choice(model, tokenizer, QUESTIONS, tmp_path / "after")
+
+    assert after["metrics"]["accuracy"] >= 5 / 6
+    assert after["metrics"]["accuracy"] > before["metrics"]["accuracy"]
