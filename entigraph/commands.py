@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from entigraph.corpus import load_corpus, reference_split
+from entigraph.errors import ConfigError
 from entigraph.records import read_record, run_record, write_atomic
 
 log = logging.getLogger(__name__)
@@ -36,14 +37,13 @@ def eval_questions(cfg: DictConfig) -> list:
     return [(doc, q) for doc in docs for q in doc.questions]
 
 
-def _evaluate_into(record, model, tokenizer, cfg: DictConfig) -> dict:
-    """Score `model` on the configured questions; metrics to the record, per-question records
-    to <run_dir>/questions.jsonl (for the analysis's question-level bootstrap)."""
+def _evaluate_into(record, model, tokenizer, questions: list, cfg: DictConfig) -> dict:
+    """Score `model` on `questions`; metrics to the record, per-question records to
+    <run_dir>/questions.jsonl (for the analysis's question-level bootstrap)."""
     from entigraph.evaluation import evaluate_multiple_choice
 
-    result = evaluate_multiple_choice(model, tokenizer, eval_questions(cfg),
-                                      Path(cfg.run_dir) / "eval", batch_size=cfg.eval.batch_size,
-                                      limit=cfg.eval.limit)
+    result = evaluate_multiple_choice(model, tokenizer, questions, Path(cfg.run_dir) / "eval",
+                                      batch_size=cfg.eval.batch_size, limit=cfg.eval.limit)
     write_atomic(Path(cfg.run_dir) / "questions.jsonl",
                  "".join(json.dumps(q) + "\n" for q in result["questions"]))
     record.set_metrics(**result["metrics"])
@@ -54,18 +54,27 @@ def train(cfg: DictConfig) -> dict:
     from entigraph import training
     from entigraph.synthesis import require_complete
 
-    require_complete(cfg.data.corpus_dir)  # before a run folder exists
+    # Inputs are checked before a run folder exists.
+    require_complete(cfg.data.corpus_dir)
+    questions = eval_questions(cfg) if cfg.eval.after_training else []
     with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
         model, tokenizer = training.train(cfg, record)
         if cfg.eval.after_training:
-            _evaluate_into(record, model, tokenizer, cfg)
+            _evaluate_into(record, model, tokenizer, questions, cfg)
     print(f"run folder: {cfg.run_dir}")
     return read_record(cfg.run_dir)
 
 
 def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
+    from entigraph.evaluation import check_model
+
+    if not cfg.checkpoint:
+        raise ConfigError("config: checkpoint is not set; set checkpoint=<model folder>, "
+                          "e.g. checkpoint=outputs/runs/<run>/model")
+    check_model(cfg.checkpoint, None)
+    questions = eval_questions(cfg)
     with run_record(cfg.run_dir, "eval", _plain(cfg), cfg.tracker) as record:
-        metrics = _evaluate_into(record, cfg.checkpoint, None, cfg)
+        metrics = _evaluate_into(record, cfg.checkpoint, None, questions, cfg)
     print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_questions']} questions; "
           f"record: {Path(cfg.run_dir) / 'record.json'}")
     return read_record(cfg.run_dir)

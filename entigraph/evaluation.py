@@ -179,7 +179,7 @@ def _make_lm(model, tokenizer, batch_size: int):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
-def _check_model(model, tokenizer) -> None:
+def check_model(model, tokenizer) -> None:
     """Fail fast, before anything heavy is imported, on a model that cannot be loaded."""
     if isinstance(model, (str, os.PathLike)):
         folder = Path(model)
@@ -222,7 +222,7 @@ def evaluate_multiple_choice(model, tokenizer, questions: list, work_dir: Path,
         if limit <= 0:
             raise EntigraphError(f"evaluation: limit={limit} must be a positive number of questions")
         questions = questions[:limit]
-    _check_model(model, tokenizer)
+    check_model(model, tokenizer)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     rows = [question_row(doc, q) for doc, q in questions]

@@ -99,3 +99,11 @@ def test_cli_bad_value_fails_before_work_with_one_line(tmp_path):
 def test_cli_unknown_command(tmp_path):
     out = entigraph("fit", cwd=tmp_path)
     assert out.returncode == 2 and "unknown command 'fit'" in out.stderr
+
+
+def test_cli_eval_needs_a_checkpoint(tmp_path):
+    out = entigraph("eval", f"paths.root={tmp_path}/out", cwd=tmp_path)
+    assert out.returncode == 2 and "set checkpoint=<model folder>" in out.stderr
+    missing = entigraph("eval", f"checkpoint={tmp_path}/nope", f"paths.root={tmp_path}/out", cwd=tmp_path)
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert not (tmp_path / "out").exists()
