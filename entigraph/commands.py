@@ -60,7 +60,8 @@ def train(cfg: DictConfig) -> dict:
     with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
         model, tokenizer = training.train(cfg, record)
         if cfg.eval.after_training:
-            _evaluate_into(record, model, tokenizer, questions, cfg)
+            metrics = _evaluate_into(record, model, tokenizer, questions, cfg)
+            print(f"accuracy {metrics['accuracy']:.3f} on {metrics['n_questions']} questions")
     print(f"run folder: {cfg.run_dir}")
     return read_record(cfg.run_dir)
 

@@ -15,10 +15,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from entigraph.errors import ConfigError
 
 
-def knob(default: Any, *, ge=None, gt=None, le=None, lt=None, choices=None, help: str = ""):
+def knob(default: Any, *, ge=None, gt=None, le=None, lt=None, choices=None):
     """A config field with an allowed range or set of choices, checked by `validate`."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, help=help).items()
-            if v is not None and v != ""}
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices).items()
+            if v is not None}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -58,9 +58,9 @@ class GeneratorConfig:
 class SynthesisConfig:
     """How the synthetic corpus is built from the documents (design brief §1)."""
     method: str = knob("entigraph", choices=["entigraph"])
-    max_entities: int = knob(12, gt=0, help="entities kept per document")
+    max_entities: int = knob(12, gt=0)  # entities kept per document
     # Triples are all C(n,3) shuffled with `seed`; only the first `max_triples` are analysed.
-    max_triples: int = knob(20, ge=0, help="triples analysed per document")
+    max_triples: int = knob(20, ge=0)
     seed: int = 42
     output_dir: str = "${paths.corpora}/${corpus.name}/${synthesis.method}-${generator.model}"
 
@@ -76,6 +76,13 @@ class ModelConfig:
     # vLLM on CPU rejects head dimension 16: hidden_size / num_heads must be >= 32.
     num_heads: int = knob(2, gt=0)
     intermediate_size: int = knob(128, gt=0)
+
+    def check(self) -> None:
+        heads_ok = self.hidden_size % self.num_heads == 0 and self.hidden_size // self.num_heads >= 32
+        if self.pretrained is None and not heads_ok:
+            raise ConfigError(f"config: model.hidden_size={self.hidden_size} / model.num_heads="
+                              f"{self.num_heads} must be a whole head dimension >= 32 (vLLM on CPU "
+                              f"rejects smaller heads); raise hidden_size or lower num_heads")
 
 
 @dataclass
@@ -104,9 +111,14 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     epochs: int = knob(2, gt=0)
-    batch_size: int = knob(16, gt=0, help="global batch in sequences")
-    micro_batch_size: int = knob(4, gt=0, help="sequences per device per forward pass")
+    batch_size: int = knob(16, gt=0)  # global batch, in sequences
+    micro_batch_size: int = knob(4, gt=0)  # sequences per device per forward pass
     log_every: int = knob(10, gt=0)
+
+    def check(self) -> None:
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(f"config: trainer.batch_size={self.batch_size} is not a multiple of "
+                              f"trainer.micro_batch_size={self.micro_batch_size}; change either")
 
 
 @dataclass
@@ -117,7 +129,7 @@ class EvalConfig:
     validation_share: float = knob(0.2, gt=0.0, lt=1.0)
     after_training: bool = True
     batch_size: int = knob(8, gt=0)
-    limit: Optional[int] = knob(None, gt=0, help="questions evaluated; null for all")
+    limit: Optional[int] = knob(None, gt=0)  # questions evaluated; null for all
 
 
 @dataclass
@@ -189,6 +201,7 @@ def validate(cfg: DictConfig) -> Any:
 
 
 def _check(obj: Any, prefix: str) -> None:
+    """Every field's range or choices, then the dataclass's own cross-field `check()`."""
     for f in dataclasses.fields(obj):
         key, value = prefix + f.name, getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
@@ -198,6 +211,8 @@ def _check(obj: Any, prefix: str) -> None:
             allowed = _allowed(f.metadata)
             if item is not None and allowed and not _admits(item, f.metadata):
                 raise ConfigError(f"config: {key}={value!r} is not allowed; set {key} to {allowed}")
+    if hasattr(obj, "check"):
+        obj.check()
 
 
 def _allowed(meta: dict) -> Optional[str]:

@@ -26,13 +26,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 
 def build_tiny_model(model_cfg, vocab_size: int, context_length: int, seed: int):
-    """A randomly initialised LlamaForCausalLM with the sizes in `model_cfg` (a ModelConfig)."""
+    """A randomly initialised LlamaForCausalLM with the sizes in `model_cfg` (a validated
+    ModelConfig: head dimension >= 32)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if model_cfg.hidden_size % model_cfg.num_heads or model_cfg.hidden_size // model_cfg.num_heads < 32:
-        raise ValueError("model.hidden_size / model.num_heads must be a whole number >= 32 "
-                         "(vLLM on CPU rejects smaller attention heads)")
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=model_cfg.hidden_size,

@@ -107,3 +107,12 @@ def test_cli_eval_needs_a_checkpoint(tmp_path):
     missing = entigraph("eval", f"checkpoint={tmp_path}/nope", f"paths.root={tmp_path}/out", cwd=tmp_path)
     assert missing.returncode == 2 and "not found" in missing.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.hidden_size=64", "model.num_heads=4"], "head dimension >= 32"),
+    (["trainer.batch_size=16", "trainer.micro_batch_size=3"], "not a multiple of"),
+])
+def test_cross_field_checks(compose, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose("train", overrides))
