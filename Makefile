@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/entigraph demo
+	$(VENV)/bin/entigraph demo
 
 test: $(STAMP)
 	WANDB_MODE=disabled $(VENV)/bin/python -m pytest
