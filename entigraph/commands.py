@@ -19,12 +19,23 @@ def _plain(cfg: DictConfig) -> dict:
 
 
 def generate(cfg: DictConfig) -> dict:
-    from entigraph.synthesis import synthesize
+    from entigraph.generation import estimate, generate_corpus
 
     docs = load_corpus(cfg.corpus, cfg.paths.cache)
-    manifest = synthesize(docs, cfg.synthesis, cfg.generator, Path(cfg.synthesis.output_dir))
-    print(f"synthetic corpus: {cfg.synthesis.output_dir} "
-          f"({manifest['totals']['texts']} texts from {len(docs)} documents)")
+    if cfg.synthesis.dry_run:
+        plan = estimate(docs, cfg)
+        for kind, row in {**plan["by_kind"], "total": plan["total"]}.items():
+            print(f"{kind:>10}: {row['calls']:>9,} calls  {row['input_tokens']:>13,} input tokens  "
+                  f"{row['output_tokens']:>12,} output tokens  ${row['dollars']:,.2f}")
+        print("dry run: no call was made (estimates use synthesis.max_entities entities a "
+              "document and synthesis.expected_output_tokens a call)")
+        return plan
+    manifest = generate_corpus(docs, cfg)
+    totals = manifest["totals"]
+    print(f"synthetic corpus: {cfg.synthesis.output_dir} [{manifest['status']}]: "
+          f"{totals['texts']} texts, {totals['synthetic_tokens']:,} synthetic tokens from "
+          f"{len(docs)} documents; {totals['calls']} calls, ${totals['cost']:.2f}, "
+          f"{totals['failed_calls']} failed calls, {totals['failed_documents']} failed documents")
     return manifest
 
 

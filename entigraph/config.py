@@ -45,24 +45,52 @@ class CorpusConfig:
 
 @dataclass
 class GeneratorConfig:
-    """The LLM that writes the synthetic corpus."""
-    backend: str = knob("offline", choices=["offline"])
+    """The LLM that writes the synthetic corpus, and how it is reached."""
+    backend: str = knob("offline", choices=["offline", "openai", "vllm", "batch"])
     model: str = "offline-template-v1"
-    temperature: float = knob(1.0, ge=0.0)
-    max_tokens: Optional[int] = knob(None, gt=0)
+    # OpenAI-compatible endpoint (vLLM's server, others); null means OpenAI's own API.
+    base_url: Optional[str] = None
     # Name of the environment variable holding the API key; the key itself never enters a config.
     api_key_env: Optional[str] = None
+    temperature: float = knob(1.0, ge=0.0)
+    max_tokens: Optional[int] = knob(None, gt=0)
+    max_in_flight: int = knob(64, gt=0)  # concurrent requests
+    request_timeout_s: float = knob(120.0, gt=0.0)
+    max_retries: int = knob(6, ge=0)  # per request, with backoff, on 429, 5xx and timeouts
+    # Extraction output: a JSON schema (structured output) or plain JSON mode.
+    structured_output: str = knob("json_schema", choices=["json_schema", "json_object"])
+    context_tokens: int = knob(128000, gt=0)  # documents that do not fit are refused
+    # Dollars per million tokens, for the cost in the manifest and the dollar budget.
+    price_input_per_mtok: float = knob(0.0, ge=0.0)
+    price_output_per_mtok: float = knob(0.0, ge=0.0)
+    # vllm backend: extra engine arguments (e.g. {dtype: bfloat16, max_model_len: 4096}).
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    # batch backend: result files of submitted batches to ingest (OpenAI Batch API format).
+    batch_results: list[str] = field(default_factory=list)
 
 
 @dataclass
 class SynthesisConfig:
     """How the synthetic corpus is built from the documents (design brief §1)."""
-    method: str = knob("entigraph", choices=["entigraph"])
-    max_entities: int = knob(12, gt=0)  # entities kept per document
+    # entigraph: entities, then relations of pairs and triples; rephrase: WRAP-style
+    # paraphrases in three styles; raw: the documents themselves (no generator calls).
+    method: str = knob("entigraph", choices=["entigraph", "rephrase", "raw"])
+    prompt_set: str = knob("entigraph-v1", choices=["entigraph-v1"])
+    max_entities: int = knob(12, gt=0)  # entities kept per document, in extraction order
     # Triples are all C(n,3) shuffled with `seed`; only the first `max_triples` are analysed.
     max_triples: int = knob(20, ge=0)
+    extraction_attempts: int = knob(3, gt=0)  # samples tried before a document is failed
+    rephrase_rounds: int = knob(4, gt=0)  # rephrase: rounds of the three styles per document
+    # Budgets: no call starts once generated tokens or dollars reach these (null: no limit).
+    budget_tokens: Optional[int] = knob(None, gt=0)
+    budget_dollars: Optional[float] = knob(None, gt=0.0)
+    # Print the planned calls, tokens and dollars, and make no call.
+    dry_run: bool = False
+    # Dry-run guess of output tokens per relation or rephrase call.
+    expected_output_tokens: int = knob(700, gt=0)
     seed: int = 42
-    output_dir: str = "${paths.corpora}/${corpus.name}/${synthesis.method}-${generator.model}"
+    output_dir: str = ("${paths.corpora}/${corpus.name}/${synthesis.method}-"
+                       "${synthesis.prompt_set}-${generator.model}")
 
 
 @dataclass

@@ -6,7 +6,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from entigraph.synthesis import read_corpus
+from entigraph.synthesis import read_items
 from entigraph.tiny_model import build_tiny_model, train_tokenizer
 
 
@@ -17,7 +17,7 @@ def load_tokenizer(model_cfg, corpus_dir: Path):
         return AutoTokenizer.from_pretrained(model_cfg.pretrained)
     path = Path(corpus_dir) / f"tokenizer-{model_cfg.name}-v{model_cfg.vocab_size}"
     if not path.exists():
-        texts = [item["text"] for item in read_corpus(corpus_dir)]
+        texts = [item["text"] for item in read_items(corpus_dir)]
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         train_tokenizer(texts, model_cfg.vocab_size).save_pretrained(tmp)

@@ -8,11 +8,13 @@ synthetic corpus, as a real generator's rephrasings would).
 """
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections import Counter
 
 from entigraph.corpus import Document
+from entigraph.llm import ChatRequest, ChatResult
 
 NAME = "offline-template-v1"
 
@@ -70,6 +72,37 @@ def analyze_relations(doc: Document, entities: tuple[str, ...]) -> str:
     sections.append(f"### Discussion of Interaction between {joined} in context of {doc.title}\n"
                     f"Within \"{doc.title}\", {joined} are linked. {body}")
     return "\n\n".join(sections)
+
+
+def rephrase(doc: Document, style: str, sample: int) -> str:
+    """A "paraphrase": the document's sentences in a rotated order under a style line."""
+    shift = zlib.crc32(f"{style}|{sample}".encode())
+    return f"A {style} retelling of \"{doc.title}\" by {doc.author}. " + " ".join(
+        _rotate(sentences(doc.text), shift))
+
+
+class OfflineBackend:
+    """The offline generator behind the Backend interface: answers from each request's `meta`
+    (document, kind, entities) instead of its prompt. Token counts are characters / 4."""
+
+    def __init__(self, docs: list[Document], max_entities: int):
+        self.docs = {doc.uid: doc for doc in docs}
+        self.max_entities = max_entities
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        meta = request.meta
+        doc = self.docs[meta["doc"]]
+        if meta["kind"] == "extraction":
+            text = json.dumps(extract_entities(doc, self.max_entities))
+        elif meta["kind"] == "relation":
+            text = analyze_relations(doc, tuple(meta["entities"]))
+        else:
+            text = rephrase(doc, meta["style"], meta["sample"])
+        prompt = sum(len(m["content"]) for m in request.messages)
+        return ChatResult(text, prompt // 4, len(text) // 4)
+
+    async def aclose(self) -> None:
+        pass
 
 
 def _rotate(items: list[str], shift: int) -> list[str]:

@@ -1,16 +1,24 @@
+import json
 import random
+from pathlib import Path
 
-from omegaconf import OmegaConf
+import pytest
 
 from entigraph.corpus import Document
+from entigraph.errors import CorpusError
+from entigraph.generation import estimate, generate_corpus
 from entigraph.offline_generator import analyze_relations, extract_entities
-from entigraph.synthesis import entity_tuples, read_corpus, read_manifest, synthesize
+from entigraph.synthesis import entity_tuples, parse_extraction, read_corpus, round_robin
 
 TEXT = ("The lighthouse of Port Averly stood on the northern cliffs. Mara Quell kept its lamp "
         "for thirty years. In 1887 the steamer Calloway ran aground near the Sable Reef, and "
         "Mara Quell rowed out with Tobin Quell to save the crew. When the Calloway was salvaged, "
         "its bell was hung in the chapel of Port Averly. Tobin Quell kept the medal.")
 DOC = Document("d1", "The Keeper", "Ann Writer", 1920, TEXT)
+DOC2 = Document("d2", "The Orchard", "Bo Reed", 1950,
+                "Ella Moss planted the orchard at Wren Hill. Jonah Moss sold its apples in Kettering. "
+                "Ella Moss and Jonah Moss argued about the Wren Hill well. The Kettering market "
+                "closed in winter, so Jonah Moss stored apples in the Wren Hill barn.")
 
 
 def test_entity_tuples_pairs_in_order_then_capped_seeded_triples():
@@ -41,14 +49,86 @@ def test_offline_relation_text_has_the_prompt_sections():
     assert "rowed out with Tobin Quell" in text
 
 
-def test_synthesize_writes_corpus_and_manifest_once(tmp_path):
-    cfg = OmegaConf.create({"method": "entigraph", "max_entities": 4, "max_triples": 2, "seed": 0})
-    gen = OmegaConf.create({"backend": "offline", "model": "m", "temperature": 1.0, "max_tokens": None})
-    manifest = synthesize([DOC], cfg, gen, tmp_path)
-    items = read_corpus(tmp_path)
-    assert [i["kind"] for i in items] == ["summary"] + ["pair"] * 6 + ["triple"] * 2
+@pytest.mark.parametrize("text,reason", [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not a JSON object"),
+    ('{"summary": "", "entities": ["A"]}', "no summary"),
+    ('{"summary": "s", "entities": "A, B"}', "not a list of strings"),
+    ('{"summary": "s", "entities": [" ", ""]}', "no entities extracted"),
+])
+def test_parse_extraction_rejects_bad_output_with_a_reason(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        parse_extraction(text, 5)
+
+
+def test_parse_extraction_dedupes_strips_and_caps_in_order():
+    text = json.dumps({"summary": " s ", "entities": ["B", " A", "B", "C", "D"]})
+    assert parse_extraction(text, 3) == ("s", ["B", "A", "C"])
+
+
+def test_round_robin_interleaves_documents():
+    assert round_robin([1, 2, 3], ["a"], [10, 20]) == [1, "a", 10, 2, 20, 3]
+
+
+def corpus_config(compose, tmp_path, *overrides):
+    return compose("generate", [f"paths.root={tmp_path}", "synthesis.max_entities=4",
+                                "synthesis.max_triples=2", *overrides])
+
+
+def test_generate_writes_corpus_manifest_and_call_store(compose, tmp_path):
+    cfg = corpus_config(compose, tmp_path)
+    manifest = generate_corpus([DOC, DOC2], cfg)
+    out = Path(cfg.synthesis.output_dir)
+    items = read_corpus(out)
+    kinds = [i["kind"] for i in items if i["doc_uid"] == "d1"]
+    assert kinds == ["summary"] + ["pair"] * 6 + ["triple"] * 2
     assert len({i["id"] for i in items}) == len(items)
-    assert manifest["totals"]["texts"] == 9 and read_manifest(tmp_path) == manifest
-    before = (tmp_path / "corpus.jsonl").stat().st_mtime_ns
-    synthesize([DOC], cfg, gen, tmp_path)  # complete: not regenerated
-    assert (tmp_path / "corpus.jsonl").stat().st_mtime_ns == before
+    assert manifest["status"] == "complete" and manifest["prompt_set"] == "entigraph-v1"
+    assert manifest["totals"]["calls"] == 2 * (1 + 8) and manifest["totals"]["texts"] == len(items)
+    assert manifest["documents"]["d1"]["synthetic_tokens"] > 0
+    assert manifest["totals"]["synthetic_tokens"] == sum(
+        d["synthetic_tokens"] for d in manifest["documents"].values())
+    calls_before = (out / "calls.jsonl").read_text()
+    assert generate_corpus([DOC, DOC2], cfg) == manifest  # a rerun makes no call
+    assert (out / "calls.jsonl").read_text() == calls_before
+
+
+def test_budget_stops_generation_and_covers_every_document(compose, tmp_path):
+    cfg = corpus_config(compose, tmp_path, "synthesis.budget_tokens=450", "generator.max_in_flight=1")
+    manifest = generate_corpus([DOC, DOC2], cfg)
+    assert manifest["status"] == "budget_reached"
+    assert manifest["totals"]["calls"] < 18
+    assert all(d["texts"] >= 2 for d in manifest["documents"].values())  # summary and a relation
+    raised = corpus_config(compose, tmp_path, "generator.max_in_flight=1")
+    assert generate_corpus([DOC, DOC2], raised)["status"] == "complete"  # resumes, no repeats
+    keys = [json.loads(line)["key"] for line in
+            (Path(cfg.synthesis.output_dir) / "calls.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 18
+
+
+def test_rephrase_and_raw_corpora(compose, tmp_path):
+    rephrase = generate_corpus([DOC], corpus_config(compose, tmp_path, "synthesis.method=rephrase",
+                                                    "synthesis.rephrase_rounds=2"))
+    assert rephrase["totals"]["texts"] == 6  # three styles, two rounds
+    raw_cfg = corpus_config(compose, tmp_path, "synthesis.method=raw")
+    raw = generate_corpus([DOC], raw_cfg)
+    assert raw["totals"]["calls"] == 0
+    assert [i["text"] for i in read_corpus(raw_cfg.synthesis.output_dir)] == [TEXT]
+
+
+def test_document_longer_than_the_context_is_refused_before_any_call(compose, tmp_path):
+    cfg = corpus_config(compose, tmp_path, "generator.context_tokens=10")
+    with pytest.raises(CorpusError, match="generator.context_tokens=10"):
+        generate_corpus([DOC], cfg)
+    assert not Path(cfg.synthesis.output_dir).exists()
+
+
+def test_dry_run_estimate_prices_the_plan(compose, tmp_path):
+    cfg = corpus_config(compose, tmp_path, "generator.price_input_per_mtok=10",
+                        "generator.price_output_per_mtok=30")
+    plan = estimate([DOC, DOC2], cfg)
+    assert plan["by_kind"]["extraction"]["calls"] == 2
+    assert plan["by_kind"]["relation"]["calls"] == 2 * (6 + 2)
+    total = plan["total"]
+    assert total["dollars"] == pytest.approx(
+        (total["input_tokens"] * 10 + total["output_tokens"] * 30) / 1e6)

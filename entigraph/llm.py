@@ -1,0 +1,51 @@
+"""What every generator backend speaks: one chat request in, one completion out.
+
+Backends (offline, OpenAI-compatible, vLLM in-process) implement `Backend`; the synthesis
+engine schedules requests, stores results and enforces budgets, so backends stay small.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+from entigraph.errors import EntigraphError
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    key: str  # the call store's key: prompt set, model, document, kind, entities, sample
+    messages: tuple[dict, ...]  # [{"role": "system"|"user", "content": str}, ...]
+    temperature: float = 1.0
+    max_tokens: Optional[int] = None
+    # For extraction: ask the server for JSON matching this schema (structured output or JSON
+    # mode, whichever the backend supports); None for free text.
+    json_schema: Optional[dict] = None
+    seed: Optional[int] = None
+    # What the request is about (document uid, kind, entities, sample): for the store, the
+    # manifest and the offline generator; never sent to a server.
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+class GeneratorError(EntigraphError):
+    """A backend that cannot serve at all (no API key, unreachable server, unknown model)."""
+
+
+class Backend(Protocol):
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        """One completion; raises after its own retries are exhausted."""
+
+    async def aclose(self) -> None:
+        """Release connections or engines."""
+
+
+def schema_payload(schema: dict[str, Any]) -> dict:
+    """The OpenAI `response_format` asking for JSON that matches `schema`."""
+    return {"type": "json_schema",
+            "json_schema": {"name": "extraction", "schema": schema, "strict": True}}
