@@ -47,7 +47,7 @@ class CorpusConfig:
 class GeneratorConfig:
     """The LLM that writes the synthetic corpus, and how it is reached."""
     backend: str = knob("offline", choices=["offline", "openai", "vllm", "batch"])
-    model: str = "offline-template-v1"
+    model: Optional[str] = "offline-template-v1"  # the served model name, folder or hub id
     # OpenAI-compatible endpoint (vLLM's server, others); null means OpenAI's own API.
     base_url: Optional[str] = None
     # Name of the environment variable holding the API key; the key itself never enters a config.
@@ -67,6 +67,11 @@ class GeneratorConfig:
     engine_args: dict[str, Any] = field(default_factory=dict)
     # batch backend: result files of submitted batches to ingest (OpenAI Batch API format).
     batch_results: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        if not self.model:
+            raise ConfigError("config: generator.model is not set; set generator.model=<the "
+                              "served model's name, a model folder or a hub id>")
 
 
 @dataclass

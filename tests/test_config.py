@@ -31,6 +31,8 @@ def test_every_group_option_composes_under_train(compose, group, option):
     overrides = [f"{group}={option}"]
     if group == "corpus" and option in ("jsonl", "textdir"):
         overrides.append("corpus.path=/tmp/x")
+    if group == "generator" and option.startswith("vllm"):
+        overrides.append("generator.model=/tmp/model")
     cfg = compose("train", overrides)
     validate(cfg)
 
@@ -110,6 +112,7 @@ def test_cli_eval_needs_a_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
+    (["generator=vllm_server"], "generator.model is not set"),
     (["model.hidden_size=64", "model.num_heads=4"], "head dimension >= 32"),
     (["trainer.batch_size=16", "trainer.micro_batch_size=3"], "not a multiple of"),
 ])
