@@ -61,41 +61,49 @@ def ingest_batch_results(store: CallStore, paths) -> int:
     return count
 
 
-async def _drive(method, docs, plan, engine, synthesis_cfg):
-    backend = engine.backend
+def generate_corpus(docs: list[Document], cfg) -> dict:
+    """Build the configured corpus in synthesis.output_dir; return its manifest."""
+    syn = cfg.synthesis
+    if syn.method == "raw":
+        return write_corpus(Path(syn.output_dir), raw_items(docs), docs, cfg, None, {}, "complete")
+    check_context(docs, cfg.generator)
+    return asyncio.run(_synthesize(docs, cfg))
+
+
+async def _synthesize(docs: list[Document], cfg) -> dict:
+    syn, gen = cfg.synthesis, cfg.generator
+    out = Path(syn.output_dir)
+    # The backend is built and reached first: a missing key or an unreachable server fails
+    # in seconds and leaves no corpus folder behind.
+    backend = make_backend(gen, docs, syn)
     try:
         if hasattr(backend, "preflight"):
-            await backend.preflight()  # an unreachable server fails in seconds, not after retries
-        return await method(docs, plan, engine, synthesis_cfg)
+            await backend.preflight()
+        with CallStore(out / CALLS) as store:
+            if gen.backend == "batch":
+                ingest_batch_results(store, gen.batch_results)
+            engine = Engine(backend, store, gen.max_in_flight,
+                            Prices(gen.price_input_per_mtok, gen.price_output_per_mtok),
+                            Budget(syn.budget_tokens, syn.budget_dollars))
+            outcome = await METHODS[syn.method](docs, Plan(PROMPT_SETS[syn.prompt_set], gen),
+                                                engine, syn)
+            if engine.unsent:
+                _write_batch(engine.unsent, gen, out)
+            return write_corpus(out, outcome.items, docs, cfg, store, outcome.failed_docs,
+                                _status(engine, store))
     finally:
         if backend is not None:
             await backend.aclose()
 
 
-def generate_corpus(docs: list[Document], cfg) -> dict:
-    """Build the configured corpus in synthesis.output_dir; return its manifest."""
-    syn, gen = cfg.synthesis, cfg.generator
-    out = Path(syn.output_dir)
-    if syn.method == "raw":
-        return write_corpus(out, raw_items(docs), docs, cfg, None, {}, "complete")
-    check_context(docs, gen)
-    plan = Plan(PROMPT_SETS[syn.prompt_set], gen)
-    prices = Prices(gen.price_input_per_mtok, gen.price_output_per_mtok)
-    with CallStore(out / CALLS) as store:
-        if gen.backend == "batch":
-            ingest_batch_results(store, gen.batch_results)
-        engine = Engine(make_backend(gen, docs, syn), store, gen.max_in_flight, prices,
-                        Budget(syn.budget_tokens, syn.budget_dollars))
-        outcome = asyncio.run(_drive(METHODS[syn.method], docs, plan, engine, syn))
-        status = _status(engine, store)
-        if engine.unsent:
-            from entigraph.batch_files import write_batch_requests
-            files = write_batch_requests(engine.unsent, gen.model, out / "batch" / "requests.jsonl",
-                                         gen.structured_output)
-            print(f"wrote {len(engine.unsent)} requests to {', '.join(map(str, files))}: submit them "
-                  f"(OpenAI Batch API or `vllm run_batch`), then rerun with "
-                  f"generator.batch_results=[<result files>] to ingest them and plan the next stage")
-        return write_corpus(out, outcome.items, docs, cfg, store, outcome.failed_docs, status)
+def _write_batch(requests, gen, out: Path) -> None:
+    from entigraph.batch_files import write_batch_requests
+
+    files = write_batch_requests(requests, gen.model, out / "batch" / "requests.jsonl",
+                                 gen.structured_output)
+    print(f"wrote {len(requests)} requests to {', '.join(map(str, files))}: submit them "
+          f"(OpenAI Batch API or `vllm run_batch`), then rerun with "
+          f"generator.batch_results=[<result files>] to ingest them and plan the next stage")
 
 
 def _status(engine: Engine, store: CallStore) -> str:

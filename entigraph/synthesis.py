@@ -126,25 +126,28 @@ class Outcome:
 
 
 async def _extract_all(docs, plan: Plan, engine: Engine, cfg) -> tuple[dict, dict]:
-    """Valid (summary, entities) per document, trying up to `extraction_attempts` samples."""
-    extracted, reasons = {}, {}
+    """Valid (summary, entities) per document, and why the others' outputs were invalid. A
+    document gets another sample only after an invalid one; one whose call did not complete
+    (budget reached, waiting for a batch) simply waits for the next run."""
+    extracted, invalid, todo = {}, {}, list(docs)
     for attempt in range(cfg.extraction_attempts):
-        todo = [doc for doc in docs if doc.uid not in extracted]
         if not todo or engine.budget_reached():
             break
         results = await engine.run([plan.extraction(d, attempt) for d in todo],
                                    desc=f"entity extraction (attempt {attempt + 1})")
+        retry = []
         for doc in todo:
             result = results.get(plan.extraction(doc, attempt).key)
             if result is None:
-                reasons[doc.uid] = "extraction call not completed"
                 continue
             try:
                 extracted[doc.uid] = parse_extraction(result.text, cfg.max_entities)
-                reasons.pop(doc.uid, None)
+                invalid.pop(doc.uid, None)
             except ValueError as err:
-                reasons[doc.uid] = f"extraction output invalid: {err}"
-    return extracted, reasons
+                invalid[doc.uid] = f"extraction output invalid in {attempt + 1} attempt(s): {err}"
+                retry.append(doc)
+        todo = retry
+    return extracted, invalid
 
 
 async def entigraph_method(docs, plan: Plan, engine: Engine, cfg) -> Outcome:
