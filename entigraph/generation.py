@@ -102,7 +102,8 @@ def _write_batch(requests, gen, out: Path) -> None:
     files = write_batch_requests(requests, gen.model, out / "batch" / "requests.jsonl",
                                  gen.structured_output)
     print(f"wrote {len(requests)} requests to {', '.join(map(str, files))}: submit them "
-          f"(OpenAI Batch API or `vllm run_batch`), then rerun with "
+          f"(OpenAI Batch API, or `python -m entigraph.vllm_backend run-batch -i <file> -o <out> "
+          f"--model <model>` on your own GPUs), then rerun with "
           f"generator.batch_results=[<result files>] to ingest them and plan the next stage")
 
 

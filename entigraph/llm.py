@@ -49,3 +49,18 @@ def schema_payload(schema: dict[str, Any]) -> dict:
     """The OpenAI `response_format` asking for JSON that matches `schema`."""
     return {"type": "json_schema",
             "json_schema": {"name": "extraction", "schema": schema, "strict": True}}
+
+
+def chat_body(request: ChatRequest, model: str, structured_output: str) -> dict[str, Any]:
+    """The chat-completions body of `request`, as sent to a server or written to a batch file."""
+    body: dict[str, Any] = {"model": model, "messages": list(request.messages),
+                            "temperature": request.temperature}
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.json_schema is not None:
+        body["response_format"] = (schema_payload(request.json_schema)
+                                   if structured_output == "json_schema"
+                                   else {"type": "json_object"})
+    return body

@@ -35,4 +35,4 @@ def load_model(model_cfg, tokenizer, context_length: int, seed: int):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(model_cfg.pretrained)
-    return build_tiny_model(model_cfg, len(tokenizer), context_length, seed)
+    return build_tiny_model(model_cfg, tokenizer, context_length, seed)

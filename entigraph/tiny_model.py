@@ -25,14 +25,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
                                    pad_token=EOS, unk_token=EOS)
 
 
-def build_tiny_model(model_cfg, vocab_size: int, context_length: int, seed: int):
+def build_tiny_model(model_cfg, tokenizer, context_length: int, seed: int):
     """A randomly initialised LlamaForCausalLM with the sizes in `model_cfg` (a validated
-    ModelConfig: head dimension >= 32)."""
+    ModelConfig: head dimension >= 32), its vocabulary and special tokens from `tokenizer`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(tokenizer),
+        # Generators (vLLM) stop on the model's EOS id: it must be the tokenizer's.
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
         hidden_size=model_cfg.hidden_size,
         intermediate_size=model_cfg.intermediate_size,
         num_hidden_layers=model_cfg.num_layers,

@@ -39,7 +39,7 @@ def tiny():
 
     texts = [answer_text(d, q) for d, q in QUESTIONS] + [o for _, q in QUESTIONS for o in q.options]
     tokenizer = train_tokenizer(texts, vocab_size=300)
-    model = build_tiny_model(ModelConfig(), len(tokenizer), context_length=128, seed=0)
+    model = build_tiny_model(ModelConfig(), tokenizer, context_length=128, seed=0)
     return tokenizer, model
 
 
