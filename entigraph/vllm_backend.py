@@ -146,16 +146,14 @@ def write_fallback_chat_template(path) -> str:
 
 
 def plain_dict(value: Any) -> dict[str, Any]:
-    """engine_args as plain Python (Hydra hands over DictConfig, nested ones included)."""
+    """engine_args as plain Python (Hydra hands over DictConfig, nested ones included), without
+    the keys the preset leaves null (vLLM's own defaults apply to those)."""
+    from omegaconf import OmegaConf
+
     if value is None:
         return {}
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        return dict(value)
-    if OmegaConf.is_config(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return dict(value)
+    plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else dict(value)
+    return {key: v for key, v in plain.items() if v is not None}
 
 
 # --- the backend -------------------------------------------------------------------------------

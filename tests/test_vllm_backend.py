@@ -186,3 +186,27 @@ def test_run_batch_round_trip(served, tiny_model, tmp_path):
     # The fallback template renders the same prompt in-process and in run_batch.
     ours = run(served, backend.complete(free))
     assert results["free"].input_tokens == ours.input_tokens
+
+
+def test_generate_command_runs_on_the_vllm_backend(tiny_model, tmp_path):
+    """`entigraph generate generator=vllm` end to end: a random model's replies are nonsense, but
+    every call is made and stored, and every document ends with texts or a stated failure."""
+    engine_args = [f"generator.engine_args.{k}={str(v).lower() if isinstance(v, bool) else v}"
+                   for k, v in ENGINE_ARGS.items()]
+    docs = tmp_path / "docs.jsonl"  # short documents: prompts fit the tiny model's context
+    docs.write_text("".join(json.dumps({"uid": f"d{i}", "title": f"Note {i}", "author": "A. Writer",
+                                        "text": "Mara Quell rowed to Sable Reef with Tobin Quell."})
+                            + "\n" for i in range(2)))
+    out = subprocess.run(
+        [sys.executable, "-m", "entigraph", "generate", f"paths.root={tmp_path}", "generator=vllm",
+         "corpus=jsonl", f"corpus.path={docs}", "corpus.name=notes",
+         f"generator.model={tiny_model}", *engine_args,
+         "generator.max_tokens=200", "synthesis.max_entities=3", "synthesis.max_triples=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    folder = tmp_path / "corpora" / "notes" / f"entigraph-entigraph-v1-{tiny_model.name}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["generator"]["backend"] == "vllm"
+    assert manifest["totals"]["calls"] >= 2  # both extractions; a random model may fail more
+    for doc in manifest["documents"].values():
+        assert doc["texts"] > 0 or "failure" in doc

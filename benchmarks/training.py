@@ -1,0 +1,365 @@
+"""Training throughput: our accelerate loop vs the transformers Trainer, same model and blocks.
+
+In a temporary folder: generates the built-in demo corpus's synthetic corpus with the offline
+generator, then trains the demo's tiny Llama (hidden 128, 4 heads, 4 layers, intermediate 512)
+for one epoch on `--tokens` synthetic tokens in blocks of 128, alternately with
+
+  * ours: `entigraph.training.train(cfg, record)` on a composed `train` config, as
+    `entigraph train` runs it (bar, record, saving included; no evaluation, no tracker);
+  * Trainer: `transformers.Trainer` on the same tiny model (built by `entigraph.models.load_model`
+    with the same tokenizer, sizes and init seed), the very blocks our run trains on (from
+    `entigraph.train_data.build_training_blocks`), the same batch and micro-batch sizes, and the
+    same optimisation: torch AdamW (lr, betas, weight decay off norms), warmup ratio, cosine
+    schedule, gradient clipping; 1 epoch, no evaluation, no saving, no logging, `use_cpu=True`,
+    its progress bar on as ours is.
+
+What is timed, the same way for both (`loop_s`): from the first forward pass to the end of the
+last optimiser step. A class-level wrapper of `LlamaForCausalLM.forward` marks the first forward
+and counts the tokens and padding actually fed; a global optimiser step hook marks each real
+optimiser step (after gradient accumulation). Tokens/s = tokens fed / loop_s. Setup (Accelerator,
+tokenizer, blocks, model build, `prepare`) and, for ours, saving the model fall outside it; the
+Trainer's own `train_runtime` and the wall time around each call are reported beside it.
+
+Rounds alternate the order (ours, Trainer, Trainer, ours, ...) after one discarded warm-up round;
+the headline speedup is the median over rounds of ours/Trainer tokens/s within a round (this
+machine is noisy: ratios of neighbouring runs, not absolute times).
+
+Padding: both paths feed our packed blocks, which are full slices of the token stream. The
+benchmark checks that the blocks are exactly the selected token stream cut into block_size pieces
+(so every position is a real token), and counts positions in the batches actually fed that carry
+an attention mask of 0 or a label of -100 (none is passed, so none can be padding).
+
+Ends with one line: RESULT speedup_vs_trainer=<x> padding_share=<x>
+
+    .venv/bin/python benchmarks/training.py [--tokens 65536] [--repeats 3] [--accum 2] [--profile]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Progress bars (ours and the Trainer's): redraw at most once a second.
+os.environ.setdefault("TQDM_MININTERVAL", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
+
+from entigraph import commands, training  # noqa: E402
+from entigraph.config import register_configs, validate  # noqa: E402
+from entigraph.models import load_model, load_tokenizer  # noqa: E402
+from entigraph.records import RunRecord  # noqa: E402
+from entigraph.token_data import gather, select_budget  # noqa: E402
+from entigraph.train_data import build_training_blocks, synthetic_tokens  # noqa: E402
+
+# The demo's model and data sizes (conf/demo.yaml), one epoch, no evaluation, no tracker.
+DEMO = ["model.hidden_size=128", "model.num_heads=4", "model.num_layers=4",
+        "model.intermediate_size=512", "data.block_size=128", "optim.lr=1e-3",
+        "optim.warmup_ratio=0.1", "trainer.epochs=1", "trainer.batch_size=16",
+        "eval.after_training=false", "tracker.mode=disabled"]
+
+
+def compose(name: str, overrides: list[str]):
+    """The config `entigraph <name> overrides` would run, validated as the CLI does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    register_configs()
+    with initialize_config_module("entigraph.conf", version_base=None):
+        cfg = hydra_compose(name, overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+# ---- instrumentation: the same for both paths
+
+@dataclass
+class Probe:
+    """What one training call fed the model and when its optimiser stepped."""
+    first_forward: float | None = None
+    step_times: list[float] = field(default_factory=list)
+    forwards: int = 0
+    tokens: int = 0
+    padded: int = 0  # positions with attention_mask 0 or label -100
+    pad_id_tokens: int = 0  # positions holding the pad id (here EOS, the document separator)
+    pad_id: int | None = None
+
+    @property
+    def loop_s(self) -> float:
+        return self.step_times[-1] - self.first_forward
+
+
+@contextlib.contextmanager
+def probing(pad_id: int):
+    probe = Probe(pad_id=pad_id)
+    forward = LlamaForCausalLM.forward
+
+    def counted_forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs):
+        if probe.first_forward is None:
+            probe.first_forward = time.perf_counter()
+        probe.forwards += 1
+        probe.tokens += input_ids.numel()
+        probe.pad_id_tokens += int((input_ids == probe.pad_id).sum())
+        real = torch.ones_like(input_ids, dtype=torch.bool)
+        if attention_mask is not None:
+            real &= attention_mask.bool()
+        if labels is not None:
+            real &= labels != -100
+        probe.padded += int((~real).sum())
+        return forward(self, input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                       **kwargs)
+
+    def stepped(optimizer, args, kwargs):
+        probe.step_times.append(time.perf_counter())
+
+    LlamaForCausalLM.forward = counted_forward
+    handle = register_optimizer_step_post_hook(stepped)
+    try:
+        yield probe
+    finally:
+        handle.remove()
+        LlamaForCausalLM.forward = forward
+
+
+@dataclass
+class Row:
+    path: str
+    round: int
+    micro: int
+    accum: int
+    steps: int
+    tokens: int
+    padded: int
+    loop_s: float
+    wall_s: float
+    runtime_s: float  # ours: record duration; Trainer: metrics["train_runtime"]
+    final_loss: float
+
+    @property
+    def tps(self) -> float:
+        return self.tokens / self.loop_s
+
+
+# ---- the two trainers
+
+def train_cfg(root: Path, tokens: int, micro: int, runs: Path):
+    return compose("train", [f"paths.root={root}", f"paths.runs={runs}", *DEMO,
+                             f"data.synthetic_tokens={tokens}",
+                             f"trainer.micro_batch_size={micro}"])
+
+
+def run_ours(cfg, run_dir: Path, round_: int, accum: int, pad_id: int) -> Row:
+    record = RunRecord(run_dir, "train")
+    with probing(pad_id) as probe:
+        t0 = time.perf_counter()
+        training.train(cfg, record)
+        wall = time.perf_counter() - t0
+    record.finish()
+    history = record.data["history"]
+    assert record.data["derived"]["steps"] == len(probe.step_times), (record.data["derived"],
+                                                                      len(probe.step_times))
+    return Row("ours", round_, cfg.trainer.micro_batch_size, accum, len(probe.step_times),
+               probe.tokens, probe.padded, probe.loop_s, wall, record.data["duration_s"],
+               history[-1]["loss"] if history else float("nan"))
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Our packed blocks as causal-LM examples: labels are the inputs (the model shifts them)."""
+
+    def __init__(self, blocks: np.ndarray):
+        self.blocks = torch.from_numpy(blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+
+def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int,
+                optim: str = "adamw_torch") -> Row:
+    tokenizer = load_tokenizer(cfg.model, cfg.data.corpus_dir)
+    data = build_training_blocks(cfg.data, tokenizer, Path(cfg.paths.root) / "tokens", cfg.seed,
+                                 cfg.trainer.epochs)
+    model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
+    args = transformers.TrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=cfg.trainer.micro_batch_size,
+        gradient_accumulation_steps=accum, num_train_epochs=cfg.trainer.epochs,
+        learning_rate=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+        adam_beta1=cfg.optim.beta1, adam_beta2=cfg.optim.beta2,
+        warmup_steps=cfg.optim.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=cfg.optim.schedule, max_grad_norm=cfg.optim.grad_clip, optim=optim,
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[],
+        disable_tqdm=False, use_cpu=True, seed=cfg.seed, dataloader_num_workers=0,
+        dataloader_pin_memory=False)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=BlockDataset(data.blocks),
+                                   data_collator=transformers.default_data_collator)
+    with probing(pad_id) as probe:
+        t0 = time.perf_counter()
+        output = trainer.train()
+        wall = time.perf_counter() - t0
+    return Row("Trainer" if optim == "adamw_torch" else f"Trainer/{optim}", round_,
+               cfg.trainer.micro_batch_size, accum, len(probe.step_times), probe.tokens,
+               probe.padded, probe.loop_s, wall, output.metrics["train_runtime"],
+               output.training_loss)
+
+
+# ---- padding, checked on the data
+
+def check_blocks(cfg) -> dict:
+    """Our blocks are the selected token stream cut into full block_size pieces: no padding."""
+    tokenizer = load_tokenizer(cfg.model, cfg.data.corpus_dir)
+    cache = Path(cfg.paths.root) / "tokens"
+    data = build_training_blocks(cfg.data, tokenizer, cache, cfg.seed, cfg.trainer.epochs)
+    bs = cfg.data.block_size
+    syn = synthetic_tokens(cfg.data, tokenizer, cache)
+    stream = gather(syn.tokens, select_budget(syn.offsets, cfg.data.synthetic_tokens, cfg.seed))
+    n = len(data.blocks)
+    assert data.blocks.shape == (n, bs) and not data.is_replay.any()
+    assert np.array_equal(data.blocks.ravel(), np.asarray(stream[: n * bs], dtype=np.int64)), \
+        "blocks are not the token stream cut into pieces"
+    eos = int((data.blocks == tokenizer.eos_token_id).sum())
+    return {"blocks": n, "block_size": bs, "tokens": n * bs, "stream_tokens": len(stream),
+            "pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id,
+            "eos_separators": eos, "padding": 0}
+
+
+# ---- report
+
+def print_table(rows: list[Row]) -> None:
+    header = (f"{'path':<20}{'round':>6}{'micro':>6}{'accum':>6}{'steps':>6}{'tokens':>8}"
+              f"{'loop_s':>8}{'tok/s':>8}{'runtime_s':>10}{'wall_s':>8}{'padded':>7}{'loss':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.path:<20}{r.round:>6}{r.micro:>6}{r.accum:>6}{r.steps:>6}{r.tokens:>8}"
+              f"{r.loop_s:>8.2f}{r.tps:>8.0f}{r.runtime_s:>10.2f}{r.wall_s:>8.2f}{r.padded:>7}"
+              f"{r.final_loss:>7.3f}")
+
+
+def median_tps(rows: list[Row], path: str, micro: int) -> float:
+    return statistics.median(r.tps for r in rows if r.path == path and r.micro == micro)
+
+
+def paired_ratios(rows: list[Row], micro: int, other: str = "Trainer") -> list[float]:
+    """ours/other tokens/s within each round (neighbouring runs: drift cancels)."""
+    by = {(r.path, r.round): r for r in rows if r.micro == micro and r.round > 0}
+    return [by["ours", k].tps / by[other, k].tps for (p, k) in by
+            if p == "ours" and (other, k) in by]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=65536,
+                        help="data.synthetic_tokens (65536 = 512 blocks = 32 full batches of 16)")
+    parser.add_argument("--repeats", type=int, default=3, help="measured rounds at micro 16")
+    parser.add_argument("--accum", type=int, default=2,
+                        help="also run micro 16/accum with accumulation (0: skip)")
+    parser.add_argument("--accum-repeats", type=int, default=2)
+    parser.add_argument("--fused", action="store_true",
+                        help="also run the Trainer with its default optimiser (adamw_torch_fused)")
+    parser.add_argument("--profile", action="store_true", help="cProfile one run of ours")
+    args = parser.parse_args()
+
+    rows: list[Row] = []
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        root = Path(tmp) / "root"
+        with contextlib.redirect_stdout(io.StringIO()):
+            commands.generate(compose("generate", [f"paths.root={root}",
+                                                   "tracker.mode=disabled"]))
+        cfg16 = train_cfg(root, args.tokens, 16, Path(tmp) / "runs")
+        blocks = check_blocks(cfg16)
+        pad_id = blocks["pad_id"]
+        n = 0
+
+        def ours(cfg, round_, accum):
+            nonlocal n
+            n += 1
+            rows.append(run_ours(cfg, Path(tmp) / "runs" / f"ours-{n}", round_, accum, pad_id))
+
+        def theirs(cfg, round_, accum, optim="adamw_torch"):
+            nonlocal n
+            n += 1
+            rows.append(run_trainer(cfg, Path(tmp) / f"trainer-{n}", round_, accum, pad_id,
+                                    optim))
+
+        # round 0: warm-up (one-off lazy initialisation), not counted
+        ours(cfg16, 0, 1)
+        theirs(cfg16, 0, 1)
+        for k in range(1, args.repeats + 1):
+            pair = [lambda: ours(cfg16, k, 1), lambda: theirs(cfg16, k, 1)]
+            if args.fused:
+                pair.append(lambda: theirs(cfg16, k, 1, "adamw_torch_fused"))
+            for run in (pair if k % 2 else pair[::-1]):
+                run()
+        if args.accum:
+            micro = 16 // args.accum
+            cfg_acc = train_cfg(root, args.tokens, micro, Path(tmp) / "runs")
+            for k in range(1, args.accum_repeats + 1):
+                pair = [lambda: ours(cfg_acc, k, args.accum),
+                        lambda: theirs(cfg_acc, k, args.accum)]
+                for run in (pair if k % 2 else pair[::-1]):
+                    run()
+        if args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            run_ours(cfg16, Path(tmp) / "runs" / "profiled", -1, 1, pad_id)
+            profiler.disable()
+            out = io.StringIO()
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("cumulative").print_stats(30)
+            stats.sort_stats("tottime").print_stats(25)
+            print(out.getvalue())
+
+    total = time.perf_counter() - t_start
+    print()
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"{torch.get_num_threads()} threads; demo tiny Llama, block {blocks['block_size']}, "
+          f"batch 16, 1 epoch on {args.tokens} synthetic tokens; round 0 is a warm-up")
+    print(f"blocks: {blocks['blocks']} x {blocks['block_size']} = {blocks['tokens']} tokens, "
+          f"exactly the selected stream of {blocks['stream_tokens']} tokens cut into pieces; "
+          f"{blocks['eos_separators']} of them are EOS document separators (EOS = pad id "
+          f"{blocks['pad_id']}, real tokens, trained on); padding positions: 0")
+    print("loop_s: first forward -> last optimiser step (same probes for both); runtime_s: ours "
+          "= record duration (whole train() incl. setup and saving), Trainer = train_runtime")
+    print_table(rows)
+    measured = [r for r in rows if r.round > 0]
+    fed = sum(r.tokens for r in measured)
+    padding_share = sum(r.padded for r in measured) / fed
+    print()
+    for micro in sorted({r.micro for r in measured}, reverse=True):
+        ratios = paired_ratios(rows, micro)
+        o, t = median_tps(measured, "ours", micro), median_tps(measured, "Trainer", micro)
+        print(f"micro {micro:>2}: median tok/s ours {o:.0f}, Trainer {t:.0f} "
+              f"(ratio of medians {o / t:.3f}); per-round ours/Trainer "
+              f"{', '.join(f'{x:.3f}' for x in ratios)}")
+        if args.fused and micro == 16:
+            f = median_tps(measured, "Trainer/adamw_torch_fused", 16)
+            print(f"          Trainer with adamw_torch_fused: median tok/s {f:.0f} "
+                  f"(ours/that {o / f:.3f})")
+    print(f"total benchmark time {total:.0f} s")
+    speedup = statistics.median(paired_ratios(rows, 16))
+    print(f"RESULT speedup_vs_trainer={speedup:.3f} padding_share={padding_share:.4f}")
+
+
+if __name__ == "__main__":
+    main()
