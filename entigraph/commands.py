@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -73,6 +74,7 @@ def train(cfg: DictConfig) -> dict:
         if cfg.eval.after_training:
             metrics = _evaluate_into(record, model, tokenizer, questions, cfg)
             print(f"accuracy {metrics['accuracy']:.3f} on {metrics['n_questions']} questions")
+    shutil.rmtree(Path(cfg.run_dir) / training.CHECKPOINT, ignore_errors=True)  # model saved
     print(f"run folder: {cfg.run_dir}")
     return read_record(cfg.run_dir)
 

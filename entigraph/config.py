@@ -126,8 +126,11 @@ class DataConfig:
     corpus_dir: str = "${synthesis.output_dir}"
     # Unique synthetic tokens drawn (seeded, nested) from the corpus; null takes all of it.
     synthetic_tokens: Optional[int] = knob(None, gt=0)
-    # Share of training tokens drawn from the replay corpus; replay tokens add to the steps.
+    # Share of training blocks drawn from the replay corpus. add: replay blocks are added (every
+    # synthetic token is still seen each epoch); replace: the reference code's rule, each
+    # synthetic block replaced by a replay block with this probability.
     mixing_ratio: float = knob(0.0, ge=0.0, lt=1.0)
+    mixing_mode: str = knob("add", choices=["add", "replace"])
     replay_path: Optional[str] = None
     block_size: int = knob(2048, gt=1)
 
@@ -149,6 +152,8 @@ class TrainerConfig:
     batch_size: int = knob(16, gt=0)  # global batch, in sequences
     micro_batch_size: int = knob(4, gt=0)  # sequences per device per forward pass
     log_every: int = knob(10, gt=0)
+    # Steps between checkpoints (0: none); a rerun of the same run resumes from the last one.
+    checkpoint_every: int = knob(100, ge=0)
 
     def check(self) -> None:
         if self.batch_size % self.micro_batch_size:

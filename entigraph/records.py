@@ -57,6 +57,8 @@ class RunRecord:
         self.run_dir = Path(run_dir)
         self.tracker = tracker
         self._t0 = time.monotonic()
+        previous = read_record(self.run_dir)  # an earlier, unfinished attempt of this run
+        self._previous_history = previous["history"] if previous else []
         self.data: dict[str, Any] = {
             "status": "running", "job_type": job_type, "run_dir": str(self.run_dir),
             "started_at": _now(), "ended_at": None, "duration_s": None,
@@ -80,6 +82,11 @@ class RunRecord:
         self._save()
         if self.tracker:
             self.tracker.summary({f"derived/{k}": v for k, v in derived.items()})
+
+    def resume_history(self, step: int) -> None:
+        """Resuming from a checkpoint at `step`: keep the earlier attempt's curve up to it."""
+        self.data["history"] = [h for h in self._previous_history if h["step"] <= step]
+        self._save()
 
     def log(self, step: int, **values: Any) -> None:
         """A point of a curve (loss, learning rate, tokens seen) at an optimiser step."""

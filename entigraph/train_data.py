@@ -2,9 +2,10 @@
 
 Meaning of the sweep axes (also in the README):
 - data.synthetic_tokens: unique synthetic tokens, a seeded nested subset of the corpus;
-- data.mixing_ratio r: the share of training blocks drawn from the replay corpus. Replay blocks
-  are added (r / (1 - r) per synthetic block), so every synthetic token is still seen each epoch
-  and replay adds steps.
+- data.mixing_ratio r: the share of training blocks drawn from the replay corpus. With
+  data.mixing_mode=add, replay blocks are added (r / (1 - r) per synthetic block), so every
+  synthetic token is still seen each epoch and replay adds steps; with `replace` (the reference
+  code), each synthetic block is replaced by a replay block with probability r.
 """
 from __future__ import annotations
 
@@ -77,7 +78,11 @@ def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epoc
     if len(syn_blocks) == 0:
         raise ConfigError(f"config: data.synthetic_tokens={data_cfg.synthetic_tokens} is less "
                           f"than one block (data.block_size={data_cfg.block_size})")
-    n_replay = replay_block_count(len(syn_blocks), data_cfg.mixing_ratio)
+    if data_cfg.mixing_mode == "replace":  # the reference: each block swapped with probability r
+        swapped = np.random.default_rng([seed, 1]).random(len(syn_blocks)) < data_cfg.mixing_ratio
+        syn_blocks, n_replay = syn_blocks[~swapped], int(swapped.sum())
+    else:
+        n_replay = replay_block_count(len(syn_blocks), data_cfg.mixing_ratio)
     replay = (sample_replay_blocks(replay_tokens(data_cfg, tokenizer, cache_root).tokens,
                                    data_cfg.block_size, n_replay, seed)
               if n_replay else syn_blocks[:0])

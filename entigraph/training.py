@@ -1,15 +1,35 @@
-"""Continued pretraining of a causal LM with accelerate on a run's training blocks."""
+"""Continued pretraining of a causal LM with accelerate on a run's training blocks.
+
+The data order is a function of (seed, epoch) alone, so a run killed at any point resumes from
+its last checkpoint (<run_dir>/checkpoint: accelerate's model, optimizer, scheduler and RNG
+state, plus our step counter) on exactly the batches it would have seen, and ends as an
+uninterrupted run does. The last checkpoint is taken at the final step, so a run killed while
+evaluating does not train again; the run's command removes it once the run has completed.
+"""
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import numpy as np
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from entigraph.errors import ConfigError
 from entigraph.models import load_model, load_tokenizer
-from entigraph.records import RunRecord
+from entigraph.records import RunRecord, write_json_atomic
 from entigraph.train_data import build_training_blocks
+
+CHECKPOINT = "checkpoint"
+# Peak dense bf16 FLOP/s of known accelerators, for model FLOPs utilisation.
+PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 125e12}
+# Keys that change what a checkpoint means; logging and checkpoint cadence do not.
+RESUME_KEYS = ("seed", "data", "model", "optim", "trainer.epochs", "trainer.batch_size",
+               "synthesis.output_dir")
 
 
 def gradient_accumulation(trainer_cfg, num_processes: int) -> int:
@@ -24,73 +44,154 @@ def gradient_accumulation(trainer_cfg, num_processes: int) -> int:
 def _param_groups(model, weight_decay: float):
     """No weight decay on biases and norm weights, as is usual for AdamW on transformers."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         (no_decay if param.ndim < 2 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def epoch_order(n_blocks: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_blocks)
+
+
+def resume_fingerprint(cfg) -> dict:
+    return {key: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
+            if OmegaConf.is_config(OmegaConf.select(cfg, key)) else OmegaConf.select(cfg, key)
+            for key in RESUME_KEYS}
+
+
+def _check_resumable(state: dict, cfg, checkpoint: Path) -> None:
+    now = resume_fingerprint(cfg)
+    changed = [key for key in RESUME_KEYS if state["fingerprint"].get(key) != now[key]]
+    if changed:
+        raise ConfigError(f"config: the checkpoint in {checkpoint} was made with different "
+                          f"{', '.join(changed)}; restore those values, or delete the checkpoint "
+                          f"or choose another run_dir to start afresh")
+
+
+def _save_checkpoint(accelerator, run_dir: Path, step: int, seen: dict, loss: float, cfg) -> None:
+    """Write to a temporary folder, then swap it in: a kill leaves the old checkpoint whole."""
+    final, tmp = run_dir / CHECKPOINT, run_dir / f"{CHECKPOINT}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / "trainer_state.json",
+                          {"step": step, "seen": seen, "loss": loss,
+                           "fingerprint": resume_fingerprint(cfg)})
+        old = run_dir / f"{CHECKPOINT}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _mfu(tokens_per_s: float, n_params: int, devices: int) -> float | None:
+    """Model FLOPs utilisation (6 FLOPs per parameter per token) where the GPU's peak is known."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    return 6 * n_params * tokens_per_s / (peak * devices) if peak else None
 
 
 def train(cfg, record: RunRecord):
     """Train per `cfg` (a validated RunConfig); save to <run_dir>/model; return (model, tokenizer)."""
     import torch
     from accelerate import Accelerator, PartialState
-    from torch.utils.data import DataLoader, TensorDataset
     from transformers import get_scheduler
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    run_dir = Path(cfg.run_dir)
     accum = gradient_accumulation(cfg.trainer, PartialState().num_processes)
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no",
-                              gradient_accumulation_steps=accum)
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+    checkpoint = run_dir / CHECKPOINT
+    state = (json.loads((checkpoint / "trainer_state.json").read_text())
+             if (checkpoint / "trainer_state.json").exists() else None)
+    if state:
+        _check_resumable(state, cfg, checkpoint)  # before any heavy work
     tokenizer = load_tokenizer(cfg.model, cfg.data.corpus_dir)
     with accelerator.main_process_first():
         data = build_training_blocks(cfg.data, tokenizer, Path(cfg.paths.root) / "tokens",
                                      cfg.seed, cfg.trainer.epochs)
+    blocks, is_replay = torch.from_numpy(data.blocks), data.is_replay
     model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
-    loader = DataLoader(TensorDataset(torch.from_numpy(data.blocks), torch.from_numpy(data.is_replay)),
-                        batch_size=cfg.trainer.micro_batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2))
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = math.ceil(len(loader) / accum)
+    steps_per_epoch = math.ceil(len(blocks) / cfg.trainer.batch_size)
     total_steps = steps_per_epoch * cfg.trainer.epochs
     scheduler = get_scheduler(cfg.optim.schedule, optimizer,
                               num_warmup_steps=math.ceil(cfg.optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    step, seen, loss_sum = 0, {"synthetic": 0, "replay": 0}, float("nan")
+    if state:
+        accelerator.load_state(str(checkpoint))
+        step, seen, loss_sum = state["step"], state["seen"], state["loss"]
+        record.resume_history(step)
     record.set_derived(**data.derived, steps=total_steps, steps_per_epoch=steps_per_epoch,
                        gradient_accumulation=accum, devices=accelerator.num_processes,
-                       global_batch_tokens=cfg.trainer.batch_size * cfg.data.block_size)
+                       global_batch_tokens=cfg.trainer.batch_size * cfg.data.block_size,
+                       parameters=n_params, resumed_from_step=step)
 
     model.train()
-    step, seen = 0, {"synthetic": 0, "replay": 0}
-    bar = tqdm(total=total_steps, desc="training", unit="step",
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step",
                disable=not accelerator.is_local_main_process)
-    for _ in range(cfg.trainer.epochs):
-        for blocks, is_replay in loader:
-            with accelerator.accumulate(model):
-                loss = model(input_ids=blocks, labels=blocks).loss
+    rank, world, bs = accelerator.process_index, accelerator.num_processes, cfg.data.block_size
+    interval_tokens, interval_start = 0, time.perf_counter()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        batch = epoch_order(len(blocks), cfg.seed, epoch)[
+            in_epoch * cfg.trainer.batch_size:(in_epoch + 1) * cfg.trainer.batch_size]
+        mine = batch[rank::world]  # this device's share of the global batch
+        micro = [mine[i:i + cfg.trainer.micro_batch_size]
+                 for i in range(0, len(mine), cfg.trainer.micro_batch_size)]
+        loss_sum = 0.0
+        for j, idx in enumerate(micro):
+            # Gradients are synchronised across devices only on the last micro-batch.
+            sync = nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
+            with sync:
+                inputs = blocks[idx].to(accelerator.device)
+                loss = model(input_ids=inputs, labels=inputs).loss * (len(idx) / len(mine))
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad()
-            n_replay = int(accelerator.gather(is_replay).sum())
-            n_blocks = blocks.shape[0] * accelerator.num_processes
-            seen["replay"] += n_replay * cfg.data.block_size
-            seen["synthetic"] += (n_blocks - n_replay) * cfg.data.block_size
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if step % cfg.trainer.log_every == 0 or step == total_steps:
-                record.log(step, loss=loss.item(), lr=scheduler.get_last_lr()[0],
-                           tokens_seen_synthetic=seen["synthetic"], tokens_seen_replay=seen["replay"])
+            loss_sum += loss.item()
+        if cfg.optim.grad_clip > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        step += 1
+        n_replay = int(is_replay[batch].sum())
+        seen["replay"] += n_replay * bs
+        seen["synthetic"] += (len(batch) - n_replay) * bs
+        interval_tokens += len(batch) * bs
+        bar.update()
+        bar.set_postfix(loss=f"{loss_sum:.3f}")
+        if step % cfg.trainer.log_every == 0 or step == total_steps:
+            tokens_per_s = interval_tokens / (time.perf_counter() - interval_start)
+            mfu = _mfu(tokens_per_s, n_params, world)
+            record.log(step, loss=loss_sum, lr=scheduler.get_last_lr()[0],
+                       tokens_seen_synthetic=seen["synthetic"], tokens_seen_replay=seen["replay"],
+                       tokens_per_s=round(tokens_per_s, 1), **({"mfu": mfu} if mfu else {}))
+            interval_tokens, interval_start = 0, time.perf_counter()
+        if cfg.trainer.checkpoint_every and (step % cfg.trainer.checkpoint_every == 0
+                                             or step == total_steps):
+            _save_checkpoint(accelerator, run_dir, step, seen, loss_sum, cfg)
     bar.close()
-    model = accelerator.unwrap_model(model)
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    # get_state_dict gathers a sharded (FSDP) model; only the main process writes.
+    unwrapped.save_pretrained(run_dir / "model", is_main_process=accelerator.is_main_process,
+                              save_function=accelerator.save,
+                              state_dict=accelerator.get_state_dict(model))
     if accelerator.is_main_process:
-        model.save_pretrained(Path(cfg.run_dir) / "model")
-        tokenizer.save_pretrained(Path(cfg.run_dir) / "model")
-    record.set_metrics(train_loss=loss.item())
-    return model, tokenizer
+        tokenizer.save_pretrained(run_dir / "model")
+    record.set_metrics(train_loss=loss_sum)
+    return unwrapped, tokenizer
