@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import cProfile
 import io
 import os
@@ -195,14 +196,19 @@ def train_cfg(root: Path, tokens: int, micro: int, runs: Path):
 
 
 def run_ours(cfg, run_dir: Path, round_: int, accum: int, pad_id: int) -> Row:
+    """One `entigraph train` run in a fresh run folder (train() keeps its model and checkpoint
+    in cfg.run_dir and resumes from a checkpoint found there, so every run gets its own)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.run_dir = str(run_dir)
     record = RunRecord(run_dir, "train")
     with probing(pad_id) as probe:
         t0 = time.perf_counter()
         training.train(cfg, record)
         wall = time.perf_counter() - t0
     record.finish()
-    assert record.data["derived"]["steps"] == len(probe.step_times), (record.data["derived"],
-                                                                      len(probe.step_times))
+    derived = record.data["derived"]
+    assert not derived.get("resumed_from_step") and derived["steps"] == len(probe.step_times), \
+        (derived, len(probe.step_times))
     return Row("ours", round_, cfg.trainer.micro_batch_size, accum, len(probe.step_times),
                probe.tokens, probe.padded, probe.loop_s, probe.median_step_s, probe.cpu_share,
                wall, record.data["duration_s"],
@@ -286,14 +292,16 @@ def print_table(rows: list[Row]) -> None:
               f"{r.final_loss:>7.3f}")
 
 
-def median_tps(rows: list[Row], path: str, micro: int) -> float:
-    return statistics.median(r.tps for r in rows if r.path == path and r.micro == micro)
+def median_of(rows: list[Row], path: str, micro: int, rate: str = "tps") -> float:
+    return statistics.median(getattr(r, rate) for r in rows
+                             if r.path == path and r.micro == micro and r.round > 0)
 
 
-def paired_ratios(rows: list[Row], micro: int, other: str = "Trainer") -> list[float]:
-    """ours/other tokens/s within each round (neighbouring runs: drift cancels)."""
+def paired_ratios(rows: list[Row], micro: int, other: str = "Trainer",
+                  rate: str = "tps") -> list[float]:
+    """ours/other tokens/s within each measured round (neighbouring runs: drift cancels)."""
     by = {(r.path, r.round): r for r in rows if r.micro == micro and r.round > 0}
-    return [by["ours", k].tps / by[other, k].tps for (p, k) in by
+    return [getattr(by["ours", k], rate) / getattr(by[other, k], rate) for (p, k) in by
             if p == "ours" and (other, k) in by]
 
 
@@ -374,22 +382,27 @@ def main() -> None:
           "= record duration (whole train() incl. setup and saving), Trainer = train_runtime")
     print_table(rows)
     measured = [r for r in rows if r.round > 0]
-    fed = sum(r.tokens for r in measured)
-    padding_share = sum(r.padded for r in measured) / fed
+    shares = {path: sum(r.padded for r in measured if r.path == path)
+              / sum(r.tokens for r in measured if r.path == path)
+              for path in dict.fromkeys(r.path for r in measured)}
     print()
+    print("padding share of the tokens fed: "
+          + ", ".join(f"{path} {share:.4f}" for path, share in shares.items()))
+    others = ["Trainer", "Trainer/fused"] if args.fused else ["Trainer"]
     for micro in sorted({r.micro for r in measured}, reverse=True):
-        ratios = paired_ratios(rows, micro)
-        o, t = median_tps(measured, "ours", micro), median_tps(measured, "Trainer", micro)
-        print(f"micro {micro:>2}: median tok/s ours {o:.0f}, Trainer {t:.0f} "
-              f"(ratio of medians {o / t:.3f}); per-round ours/Trainer "
-              f"{', '.join(f'{x:.3f}' for x in ratios)}")
-        if args.fused and micro == 16:
-            f = median_tps(measured, "Trainer/adamw_torch_fused", 16)
-            print(f"          Trainer with adamw_torch_fused: median tok/s {f:.0f} "
-                  f"(ours/that {o / f:.3f})")
+        for other in others:
+            if not any(r.path == other and r.micro == micro for r in measured):
+                continue
+            for rate, name in (("tps", "loop tok/s"), ("step_tps", "median-step tok/s")):
+                o, t = median_of(rows, "ours", micro, rate), median_of(rows, other, micro, rate)
+                ratios = paired_ratios(rows, micro, other, rate)
+                print(f"micro {micro:>2} {name:<17}: ours {o:>6.0f}, {other} {t:>6.0f}; "
+                      f"ours/{other}: median of rounds {statistics.median(ratios):.3f} "
+                      f"(rounds {', '.join(f'{x:.3f}' for x in ratios)}; ratio of medians "
+                      f"{o / t:.3f})")
     print(f"total benchmark time {total:.0f} s")
     speedup = statistics.median(paired_ratios(rows, 16))
-    print(f"RESULT speedup_vs_trainer={speedup:.3f} padding_share={padding_share:.4f}")
+    print(f"RESULT speedup_vs_trainer={speedup:.3f} padding_share={shares['ours']:.4f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from entigraph.corpus import load_corpus, reference_split
 from entigraph.errors import ConfigError
-from entigraph.records import read_record, run_record, write_atomic
+from entigraph.records import is_main_process, read_record, run_record, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +72,13 @@ def train(cfg: DictConfig) -> dict:
     questions = eval_questions(cfg) if cfg.eval.after_training else []
     with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
         model, tokenizer = training.train(cfg, record)
-        if cfg.eval.after_training:
+        if cfg.eval.after_training and is_main_process():
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # sharded in memory: use the saved model
+                model, tokenizer = Path(cfg.run_dir) / "model", None
             metrics = _evaluate_into(record, model, tokenizer, questions, cfg)
             print(f"accuracy {metrics['accuracy']:.3f} on {metrics['n_questions']} questions")
-    shutil.rmtree(Path(cfg.run_dir) / training.CHECKPOINT, ignore_errors=True)  # model saved
+    if is_main_process():
+        shutil.rmtree(Path(cfg.run_dir) / training.CHECKPOINT, ignore_errors=True)  # model saved
     print(f"run folder: {cfg.run_dir}")
     return read_record(cfg.run_dir)
 

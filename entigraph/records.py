@@ -46,6 +46,11 @@ def read_record(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def is_main_process() -> bool:
+    """Under `accelerate launch` or torchrun every process runs the command; one writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -67,7 +72,8 @@ class RunRecord:
         self._save()
 
     def _save(self) -> None:
-        write_json_atomic(self.run_dir / RECORD, self.data)
+        if is_main_process():
+            write_json_atomic(self.run_dir / RECORD, self.data)
 
     def set_metrics(self, **metrics: Any) -> None:
         """Final (summary) metrics, such as accuracy."""
@@ -114,8 +120,10 @@ def run_record(run_dir: Path, job_type: str, config: dict, tracker_cfg=None) -> 
     from entigraph.tracking import start_tracker
 
     run_dir = Path(run_dir)
-    write_atomic(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False))
-    tracker = start_tracker(tracker_cfg, config, run_dir, job_type) if tracker_cfg else None
+    main = is_main_process()
+    if main:
+        write_atomic(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False))
+    tracker = start_tracker(tracker_cfg, config, run_dir, job_type) if tracker_cfg and main else None
     record = RunRecord(run_dir, job_type, tracker)
     try:
         yield record

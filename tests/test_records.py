@@ -68,3 +68,10 @@ def test_wandb_offline_mirror_gets_config_but_never_the_api_key(tmp_path, monkey
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert json.loads((tmp_path / "run" / RECORD).read_text())["status"] == "completed"
+
+
+def test_only_the_main_process_writes_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")  # a second process of `accelerate launch`
+    with run_record(tmp_path / "run", "train", {"x": 1}) as record:
+        record.set_metrics(accuracy=0.5)
+    assert not (tmp_path / "run").exists()
