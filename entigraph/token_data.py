@@ -37,10 +37,18 @@ def cache_key(source_digest: str, tokenizer_fingerprint: str) -> str:
 
 
 def tokenize_once(texts: Callable[[], list[str]], tokenizer, out_dir: Path, meta: dict) -> TokenArrays:
-    """Tokenise `texts()` into `out_dir` unless a complete cache is already there."""
+    """Tokenise `texts()` into `out_dir` unless a complete cache is already there. `meta` is
+    recorded in the manifest, and an existing cache must agree with it (same source, same
+    tokenizer) or it is refused."""
     out_dir = Path(out_dir)
-    if not (out_dir / "manifest.json").exists():
+    manifest = out_dir / "manifest.json"
+    if not manifest.exists():
         _tokenize(texts(), tokenizer, out_dir, meta)
+    found = json.loads(manifest.read_text())
+    differs = [key for key in meta if found.get(key) != meta[key]]
+    if differs:
+        raise ConfigError(f"the token cache {out_dir} was made from another "
+                          f"{' and '.join(differs)}; delete that folder to tokenise again")
     return load_tokens(out_dir)
 
 

@@ -34,10 +34,10 @@ def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
     corpus_dir = Path(data_cfg.corpus_dir)
     require_complete(corpus_dir)
     digest = hashlib.sha256((corpus_dir / MANIFEST).read_bytes()).hexdigest()
-    key = cache_key(digest, tokenizer_fingerprint(tokenizer))
+    fingerprint = tokenizer_fingerprint(tokenizer)
     return tokenize_once(lambda: [item["text"] for item in read_corpus(corpus_dir)], tokenizer,
-                         Path(cache_root) / f"synthetic-{key}",
-                         {"source": str(corpus_dir), "corpus_manifest_sha256": digest})
+                         Path(cache_root) / f"synthetic-{cache_key(digest, fingerprint)}",
+                         {"corpus_manifest_sha256": digest, "tokenizer": fingerprint})
 
 
 def read_replay_texts(path: Path) -> list[str]:
@@ -63,9 +63,10 @@ def replay_tokens(data_cfg, tokenizer, cache_root: Path):
     path = Path(data_cfg.replay_path)
     texts = read_replay_texts(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    key = cache_key(digest, tokenizer_fingerprint(tokenizer))
-    return tokenize_once(lambda: texts, tokenizer, Path(cache_root) / f"replay-{key}",
-                         {"source": str(path), "sha256": digest})
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    return tokenize_once(lambda: texts, tokenizer,
+                         Path(cache_root) / f"replay-{cache_key(digest, fingerprint)}",
+                         {"sha256": digest, "tokenizer": fingerprint})
 
 
 def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epochs: int) -> TrainingBlocks:

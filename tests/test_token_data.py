@@ -74,3 +74,9 @@ def test_tokenize_once_caches_and_never_retokenises(tmp_path):
     assert first.tokens.tolist() == [97, 98, 0, 99, 100, 101, 0] == second.tokens.tolist()
     assert load_tokens(tmp_path / "tok").offsets.tolist() == [0, 3, 7]
     assert not (tmp_path / "tok.tmp").exists()
+
+
+def test_a_cache_made_by_another_tokenizer_is_refused(tmp_path):
+    tokenize_once(lambda: ["ab"], CharTokenizer(), tmp_path / "tok", {"tokenizer": "t1"})
+    with pytest.raises(ConfigError, match="made from another tokenizer"):
+        tokenize_once(lambda: ["ab"], CharTokenizer(), tmp_path / "tok", {"tokenizer": "t2"})
