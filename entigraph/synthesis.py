@@ -7,22 +7,19 @@ a raised budget, and costs nothing when everything is done.
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
-from entigraph.call_store import CallStore, call_key
+from entigraph.call_store import call_key
 from entigraph.corpus import Document
-from entigraph.engine import Budget, Engine, Prices
+from entigraph.engine import Engine
 from entigraph.errors import CorpusError
 from entigraph.llm import ChatRequest
-from entigraph.prompts import EXTRACTION_SCHEMA, PROMPT_SETS, PromptSet
-from entigraph.records import write_atomic, write_json_atomic
+from entigraph.prompts import EXTRACTION_SCHEMA, PromptSet
 
 CORPUS = "corpus.jsonl"
 MANIFEST = "manifest.json"

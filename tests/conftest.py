@@ -25,3 +25,14 @@ def compose():
             return hydra_compose(name, overrides=list(overrides), return_hydra_config=False)
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def generated_root(tmp_path_factory):
+    """A paths.root holding the built-in corpus's synthetic corpus, generated once a session."""
+    from cli import entigraph
+
+    root = tmp_path_factory.mktemp("root")
+    out = entigraph("generate", f"paths.root={root}", cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root

@@ -1,8 +1,8 @@
-import subprocess
-import sys
 from importlib.resources import files
 
 import pytest
+
+from cli import entigraph
 from hydra.errors import ConfigCompositionException
 
 from entigraph.config import validate
@@ -70,11 +70,6 @@ def test_unknown_key_and_wrong_type_fail_at_composition(compose):
 def test_experiment_preset_overrides_groups(compose):
     cfg = compose("train", ["experiment=smoke"])
     assert cfg.data.block_size == 64 and cfg.tracker.mode == "disabled"
-
-
-def entigraph(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "entigraph", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
 
 
 def test_cli_help_lists_every_command(tmp_path):

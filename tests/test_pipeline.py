@@ -1,18 +1,12 @@
 """End to end: the real commands, small, in a temporary folder."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli import entigraph
+
 pytestmark = pytest.mark.slow
-
-
-def entigraph(*args, cwd):
-    out = subprocess.run([sys.executable, "-m", "entigraph", *args], cwd=cwd,
-                         capture_output=True, text=True, timeout=900)
-    return out
 
 
 def records(root: Path) -> list[dict]:
@@ -38,18 +32,9 @@ def test_demo_end_to_end(compose, tmp_path):
     assert len(table) == 4  # header and three runs
 
 
-@pytest.fixture(scope="module")
-def corpus_root(tmp_path_factory):
-    """A root folder holding the built-in corpus's synthetic corpus (generated once)."""
-    root = tmp_path_factory.mktemp("root")
-    out = entigraph("generate", f"paths.root={root}", cwd=root)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return root
-
-
-def test_sweep_survives_a_failing_point_and_rerun_skips_completed(corpus_root, tmp_path):
+def test_sweep_survives_a_failing_point_and_rerun_skips_completed(generated_root, tmp_path):
     grid = "sweep.grid={data.synthetic_tokens:[1024,2048,99999999]}"
-    args = ("sweep", "experiment=smoke", grid, f"paths.root={corpus_root}", f"paths.runs={tmp_path}/runs")
+    args = ("sweep", "experiment=smoke", grid, f"paths.root={generated_root}", f"paths.runs={tmp_path}/runs")
     first = entigraph(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "2/3 runs completed" in first.stdout
@@ -71,8 +56,8 @@ def test_train_without_a_corpus_says_to_generate(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_eval_command_scores_a_trained_model(corpus_root, tmp_path):
-    train = entigraph("train", "experiment=smoke", f"paths.root={corpus_root}",
+def test_eval_command_scores_a_trained_model(generated_root, tmp_path):
+    train = entigraph("train", "experiment=smoke", f"paths.root={generated_root}",
                       f"paths.runs={tmp_path}/runs", cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     (run,) = records(tmp_path)

@@ -1,12 +1,12 @@
 """The trainer: exact budgets, mixing, and resuming a killed run (the process, not a function)."""
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from cli import entigraph
 
 pytestmark = pytest.mark.slow
 SMALL = ["model.hidden_size=64", "model.num_heads=2", "data.block_size=64",
@@ -15,20 +15,9 @@ SMALL = ["model.hidden_size=64", "model.num_heads=2", "data.block_size=64",
          "optim.lr=1e-3", "eval.after_training=false", "tracker.mode=disabled"]
 
 
-def entigraph(*args, cwd, wait=True):
-    command = [sys.executable, "-m", "entigraph", *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("root")
-    out = entigraph("generate", f"paths.root={root}", cwd=root)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return root
+@pytest.fixture
+def root(generated_root):
+    return generated_root
 
 
 def only_record(runs: Path) -> tuple[Path, dict]:
