@@ -5,7 +5,9 @@ generator, then trains the demo's tiny Llama (hidden 128, 4 heads, 4 layers, int
 for one epoch on `--tokens` synthetic tokens in blocks of 128, alternately with
 
   * ours: `entigraph.training.train(cfg, record)` on a composed `train` config, as
-    `entigraph train` runs it (bar, record, saving included; no evaluation, no tracker);
+    `entigraph train` runs it (progress bar, run record, throughput logging, its checkpoint
+    cadence and the final checkpoint and model save included; no evaluation, no tracker), each
+    run in a fresh run folder;
   * Trainer: `transformers.Trainer` on the same tiny model (built by `entigraph.models.load_model`
     with the same tokenizer, sizes and init seed), the very blocks our run trains on (from
     `entigraph.train_data.build_training_blocks`), the same batch and micro-batch sizes, and the
@@ -17,8 +19,11 @@ What is timed, the same way for both (`loop_s`): from the first forward pass to 
 last optimiser step. A class-level wrapper of `LlamaForCausalLM.forward` marks the first forward
 and counts the tokens and padding actually fed; a global optimiser step hook marks each real
 optimiser step (after gradient accumulation). Tokens/s = tokens fed / loop_s. Setup (Accelerator,
-tokenizer, blocks, model build, `prepare`) and, for ours, saving the model fall outside it; the
-Trainer's own `train_runtime` and the wall time around each call are reported beside it.
+tokenizer, blocks, model build, `prepare`) and, for ours, the final checkpoint and model save
+fall outside it; the Trainer's own `train_runtime` and the wall time around each call are
+reported beside it. A second rate, at the pace of the median optimiser step, and the process's
+CPU seconds per loop second (2.00 = both cores all along) show when other load on the machine
+disturbed a run.
 
 Rounds alternate the order (ours, Trainer, Trainer, ours, ...) after one discarded warm-up round;
 the headline speedup is the median over rounds of ours/Trainer tokens/s within a round (this
@@ -175,7 +180,7 @@ class Row:
     cpu_share: float
     wall_s: float
     runtime_s: float  # ours: record duration; Trainer: metrics["train_runtime"]
-    final_loss: float  # per-token loss, mean of the last 4 forwards
+    final_loss: float  # per-token loss, mean over the forwards of the last 4 steps
 
     @property
     def tps(self) -> float:
@@ -212,7 +217,7 @@ def run_ours(cfg, run_dir: Path, round_: int, accum: int, pad_id: int) -> Row:
     return Row("ours", round_, cfg.trainer.micro_batch_size, accum, len(probe.step_times),
                probe.tokens, probe.padded, probe.loop_s, probe.median_step_s, probe.cpu_share,
                wall, record.data["duration_s"],
-               statistics.fmean(probe.losses[-4:]))
+               statistics.fmean(probe.losses[-4 * accum:]))
 
 
 class BlockDataset(torch.utils.data.Dataset):
@@ -246,7 +251,7 @@ def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int,
         dataloader_pin_memory=False)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=BlockDataset(data.blocks),
                                    data_collator=transformers.default_data_collator)
-    with probing(pad_id) as probe:
+    with probing(pad_id) as probe, contextlib.redirect_stdout(io.StringIO()):  # its final log
         t0 = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - t0
@@ -254,7 +259,7 @@ def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int,
                cfg.trainer.micro_batch_size, accum, len(probe.step_times), probe.tokens,
                probe.padded, probe.loop_s, probe.median_step_s, probe.cpu_share, wall,
                output.metrics["train_runtime"],
-               statistics.fmean(probe.losses[-4:]))
+               statistics.fmean(probe.losses[-4 * accum:]))
 
 
 # ---- padding, checked on the data
@@ -303,6 +308,22 @@ def paired_ratios(rows: list[Row], micro: int, other: str = "Trainer",
     by = {(r.path, r.round): r for r in rows if r.micro == micro and r.round > 0}
     return [getattr(by["ours", k], rate) / getattr(by[other, k], rate) for (p, k) in by
             if p == "ours" and (other, k) in by]
+
+
+def profile_ours(cfg, runs: Path, pad_id: int) -> None:
+    """Where one run of ours spends its time: Python (cProfile), then torch operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run_ours(cfg, runs / "profiled-cprofile", -1, 1, pad_id)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+    print(out.getvalue())
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_ours(cfg, runs / "profiled-torch", -1, 1, pad_id)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
 def main() -> None:
@@ -359,15 +380,7 @@ def main() -> None:
                 for run in (pair if k % 2 else pair[::-1]):
                     run()
         if args.profile:
-            profiler = cProfile.Profile()
-            profiler.enable()
-            run_ours(cfg16, Path(tmp) / "runs" / "profiled", -1, 1, pad_id)
-            profiler.disable()
-            out = io.StringIO()
-            stats = pstats.Stats(profiler, stream=out)
-            stats.sort_stats("cumulative").print_stats(30)
-            stats.sort_stats("tottime").print_stats(25)
-            print(out.getvalue())
+            profile_ours(cfg16, Path(tmp) / "runs", pad_id)
 
     total = time.perf_counter() - t_start
     print()
@@ -378,8 +391,12 @@ def main() -> None:
           f"exactly the selected stream of {blocks['stream_tokens']} tokens cut into pieces; "
           f"{blocks['eos_separators']} of them are EOS document separators (EOS = pad id "
           f"{blocks['pad_id']}, real tokens, trained on); padding positions: 0")
-    print("loop_s: first forward -> last optimiser step (same probes for both); runtime_s: ours "
-          "= record duration (whole train() incl. setup and saving), Trainer = train_runtime")
+    print("loop_s: first forward -> end of the last optimiser step (same probes for both); "
+          "tok/s = tokens / loop_s;\nstep_ms: median optimiser step, step_tok/s at its pace; "
+          "cpu: process CPU s per loop s (2.00 = both cores, lower = other load);\nruntime_s: "
+          "ours = record duration (whole train(): setup, loop, checkpoint, save), Trainer = its "
+          "train_runtime; wall_s: around the call;\nloss: per-token loss over the last 4 steps "
+          "(the data orders differ: ours is seeded per epoch, the Trainer's sampler)")
     print_table(rows)
     measured = [r for r in rows if r.round > 0]
     shares = {path: sum(r.padded for r in measured if r.path == path)

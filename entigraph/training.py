@@ -121,6 +121,7 @@ def train(cfg, record: RunRecord):
                                      cfg.seed, cfg.trainer.epochs)
     blocks, is_replay = torch.from_numpy(data.blocks), data.is_replay
     model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
+    model.config.use_cache = False  # no key/value cache is needed while training
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -146,10 +147,12 @@ def train(cfg, record: RunRecord):
                disable=not accelerator.is_local_main_process)
     rank, world, bs = accelerator.process_index, accelerator.num_processes, cfg.data.block_size
     interval_tokens, interval_start = 0, time.perf_counter()
+    order_epoch, order = None, None
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        batch = epoch_order(len(blocks), cfg.seed, epoch)[
-            in_epoch * cfg.trainer.batch_size:(in_epoch + 1) * cfg.trainer.batch_size]
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(blocks), cfg.seed, epoch)
+        batch = order[in_epoch * cfg.trainer.batch_size:(in_epoch + 1) * cfg.trainer.batch_size]
         mine = batch[rank::world]  # this device's share of the global batch
         micro = [mine[i:i + cfg.trainer.micro_batch_size]
                  for i in range(0, len(mine), cfg.trainer.micro_batch_size)]
