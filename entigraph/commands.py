@@ -104,7 +104,7 @@ def sweep(cfg: DictConfig) -> list[dict]:
     from entigraph.sweeps.grid import grid_points
 
     points = grid_points(cfg, cfg.sweep.grid)  # every point validated before any run starts
-    records = []
+    records, failed = [], []
     for i, point in enumerate(points, 1):
         previous = read_record(point.run_dir)
         if previous and previous["status"] == "completed":
@@ -114,10 +114,10 @@ def sweep(cfg: DictConfig) -> list[dict]:
         log.info("[%d/%d] training %s", i, len(points), point.run_dir)
         try:
             records.append(train(point))
-        except Exception:  # recorded as failed in its run folder; the sweep goes on
+        except Exception:  # recorded in its run folder when it got one; the sweep goes on
             log.exception("run %s failed", point.run_dir)
+            failed.append(point.run_dir)
             records.append(read_record(point.run_dir))
-    failed = [r["run_dir"] for r in records if r and r["status"] != "completed"]
     print(f"sweep: {len(points) - len(failed)}/{len(points)} runs completed"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return records
