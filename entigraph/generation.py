@@ -176,18 +176,22 @@ def estimate(docs: list[Document], cfg) -> dict:
     """Planned calls, tokens and dollars before anything is spent (dry run)."""
     syn, gen = cfg.synthesis, cfg.generator
     prompts = PROMPT_SETS[syn.prompt_set]
-    doc_tokens = [len(prompts.document_block(d)) // CHARS_PER_TOKEN for d in docs]
-    system = len(prompts.relation_system) // CHARS_PER_TOKEN
+    corpus_tokens = sum(len(prompts.document_block(d)) for d in docs) // CHARS_PER_TOKEN
+
+    def prompt_tokens(system: str) -> int:  # one call per document with this system prompt
+        return corpus_tokens + len(docs) * len(system) // CHARS_PER_TOKEN
+
     if syn.method == "raw":
         calls = {}
     elif syn.method == "rephrase":
-        calls = {"rephrase": (len(docs) * 3 * syn.rephrase_rounds,
-                              3 * syn.rephrase_rounds * (sum(doc_tokens) + system * len(docs)))}
+        styles = prompts.rephrase_styles.values()
+        calls = {"rephrase": (len(docs) * len(styles) * syn.rephrase_rounds,
+                              syn.rephrase_rounds * sum(prompt_tokens(s) for s in styles))}
     else:
         n = syn.max_entities  # the cap stands in for the entity count not known before extraction
         per_doc = comb(n, 2) + min(comb(n, 3), syn.max_triples)
-        calls = {"extraction": (len(docs), sum(doc_tokens) + system * len(docs)),
-                 "relation": (len(docs) * per_doc, per_doc * (sum(doc_tokens) + system * len(docs)))}
+        calls = {"extraction": (len(docs), prompt_tokens(prompts.extraction_system)),
+                 "relation": (len(docs) * per_doc, per_doc * prompt_tokens(prompts.relation_system))}
     out_per_call = {"extraction": 300, "relation": syn.expected_output_tokens,
                     "rephrase": syn.expected_output_tokens}
     prices = Prices(gen.price_input_per_mtok, gen.price_output_per_mtok)
