@@ -1,0 +1,183 @@
+"""Scaling-curve analysis of a table: slices of runs, every family fitted to each slice with
+bootstrap intervals, held-out extrapolation, predictions, and the best family."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Optional
+
+import numpy as np
+
+from entigraph.analysis.bootstrap import (
+    Bootstrap, bootstrap, percentiles, questions_resampler, runs_resampler, runs_scheme)
+from entigraph.analysis.families import family
+from entigraph.analysis.fit import Fit, Points, fit, heldout, starts, tokens_to_reach
+from entigraph.errors import EntigraphError
+
+
+@dataclass
+class SliceFit:
+    name: str
+    points: Points
+    fits: dict[str, Fit]
+    bands: dict[str, Bootstrap]  # per family, the bootstrap behind bands and predictions
+    next_tokens: int
+    summary: dict  # what fit.json says about the slice
+
+
+def slices(rows: list[dict], how: str) -> dict[str, list[dict]]:
+    """group: one curve per (mixing ratio, LR); envelope: per mixing ratio, at each budget the
+    runs of the LR with the best mean accuracy there (the max over LRs favours noise upwards a
+    little: an optimistic envelope); none: every row on one curve."""
+    if how == "none":
+        return {"all": rows}
+    if how == "group":
+        return _by(rows, lambda r: r["group"])
+    by_ratio = _by(rows, lambda r: r["group"] if r.get("mixing_ratio") is None
+                   else f"mix{r['mixing_ratio']}_bestlr")
+    return {name: [r for budget in _by(part, lambda r: r["synthetic_tokens"]).values()
+                   for r in _best_lr(budget)]
+            for name, part in by_ratio.items()}
+
+
+def _by(rows: list[dict], key) -> dict:
+    return {k: list(g) for k, g in groupby(sorted(rows, key=lambda r: str(key(r))), key=key)}
+
+
+def _best_lr(rows: list[dict]) -> list[dict]:
+    by_lr = _by(rows, lambda r: r.get("lr"))
+    best = max(by_lr, key=lambda lr: (np.mean([r["accuracy"] for r in by_lr[lr]]), str(lr)))
+    return by_lr[best]
+
+
+def points_of(rows: list[dict]) -> Points:
+    n = [r.get("n_questions") for r in rows]
+    return Points(np.log10([float(r["synthetic_tokens"]) for r in rows]),
+                  np.array([float(r["accuracy"]) for r in rows]),
+                  None if None in n else np.array(n, dtype=float))
+
+
+def question_matrix(rows: list[dict], questions: dict) -> tuple[Optional[np.ndarray], str]:
+    """(runs, questions) outcomes over the question set every run shares, or None and why."""
+    answers = [questions.get(r["run"]) for r in rows]
+    if None in answers:
+        return None, "not every run has per-question records"
+    ids = sorted(answers[0])
+    if any(sorted(a) != ids for a in answers):
+        return None, "the runs answered different question sets"
+    return np.array([[a[q] for q in ids] for a in answers], dtype=float), "paired"
+
+
+def choose_method(method: str, points: Points, name: str) -> str:
+    if method == "auto":
+        return "least_squares" if points.n is None else "binomial"
+    if method == "binomial" and points.n is None:
+        raise EntigraphError(f"fit.method=binomial needs every run's number of questions; some "
+                             f"runs of slice {name} have none (use fit.method=least_squares)")
+    return method
+
+
+def next_budget(points: Points, predict_tokens: Optional[int]) -> int:
+    """The budget to predict: the one given, else the next step of the sweep's geometric grid."""
+    if predict_tokens:
+        return int(predict_tokens)
+    xs = np.unique(points.x)
+    return int(round(10 ** (2 * xs[-1] - xs[-2])))
+
+
+def fit_slice(name: str, rows: list[dict], questions: dict, fcfg, seed: int) -> SliceFit:
+    rng = np.random.default_rng(seed)
+    points = points_of(rows)
+    method = choose_method(fcfg.method, points, name)
+    matrix, why = question_matrix(rows, questions)
+    by_questions = questions_resampler(points, matrix)
+    nxt = next_budget(points, fcfg.predict_tokens)
+    fits, bands, families = {}, {}, {}
+    for fam_name in fcfg.families:
+        fam = family(fam_name, fcfg.mixture_terms)
+        if points.budgets < fam.min_budgets:
+            families[fam_name] = {"skipped": (
+                f"{fam_name} needs at least {fam.min_budgets} distinct token budgets "
+                f"({len(fam.params)} parameters + 1); this slice has {points.budgets}")}
+            continue
+        f = fits[fam_name] = fit(fam, points, method, starts(fam, points, fcfg.starts, rng))
+        boots = _bootstraps(f, by_questions, fcfg.bootstrap_iterations, rng)
+        # Bands and predictions use interval_source, or the runs bootstrap when questions
+        # cannot be resampled.
+        band = next((b for b in boots if b.kind == fcfg.interval_source), boots[0] if boots else None)
+        if band is not None:
+            bands[fam_name] = band
+        families[fam_name] = _family_summary(f, boots, band, nxt, fcfg, rng)
+    summary = {"runs": len(rows), "budgets": sorted({int(r["synthetic_tokens"]) for r in rows}),
+               "method": method,
+               "bootstrap": {"iterations": fcfg.bootstrap_iterations,
+                             "runs": runs_scheme(points),
+                             "questions": by_questions[0] if by_questions else
+                             f"not available: {why}, and the numbers of questions are unknown"},
+               "families": families, "best": best_family(families)}
+    return SliceFit(name, points, fits, bands, nxt, summary)
+
+
+def _bootstraps(f: Fit, by_questions, iterations: int, rng) -> list[Bootstrap]:
+    if not iterations:
+        return []
+    plans = [("runs", runs_scheme(f.points), runs_resampler(f))]
+    if by_questions:
+        plans.append(("questions", *by_questions))
+    return [bootstrap(f, kind, scheme, resample, iterations, rng)
+            for kind, scheme, resample in plans]
+
+
+def _family_summary(f: Fit, boots: list[Bootstrap], band: Optional[Bootstrap], nxt: int, fcfg,
+                    rng) -> dict:
+    names = f.family.params
+    x_max = float(f.points.x.max())
+    return {
+        "formula": f.family.formula,
+        "params": dict(zip(names, map(float, f.theta))),
+        "intervals": {b.kind: b.intervals(names, fcfg.confidence) for b in boots},
+        "rmse": f.rmse, "loglik": f.loglik, "aic": f.aic, "bic": f.bic,
+        "heldout": heldout(f.family, f.points, f.method, fcfg.starts, rng),
+        "prediction": {"tokens": nxt, "accuracy": float(f.predict(math.log10(nxt))),
+                       "interval": _interval(band, lambda t: f.family.curve(
+                           np.array(math.log10(nxt)), t), fcfg.confidence)},
+        "tokens_to_target": {str(target): {
+            "tokens": _finite(tokens_to_reach(f.family, f.theta, target, x_max)),
+            "interval": _interval(band, lambda t: tokens_to_reach(f.family, t, target, x_max),
+                                  fcfg.confidence)} for target in fcfg.targets},
+    }
+
+
+def _interval(band: Optional[Bootstrap], value, confidence: float) -> Optional[list]:
+    """A percentile interval of `value(theta)` over the bootstrap fits; an endpoint the curve
+    never reaches (an infinite token count) is null."""
+    if band is None:
+        return None
+    values = np.array([float(value(t)) for t in band.thetas])
+    lo, hi = percentiles(values, confidence, method="nearest")
+    return [_finite(lo), _finite(hi)]
+
+
+def _finite(value) -> Optional[float]:
+    return float(value) if np.isfinite(value) else None
+
+
+def best_family(families: dict) -> Optional[dict]:
+    """Lowest held-out extrapolation error where the slice has enough budgets for it, else the
+    lowest AIC; with the family's prediction for the next budget."""
+    fitted = {k: v for k, v in families.items() if "skipped" not in v}
+    if not fitted:
+        return None
+    min_aic = min(v["aic"] for v in fitted.values())
+    for v in fitted.values():
+        v["delta_aic"] = v["aic"] - min_aic
+    with_heldout = {k: v for k, v in fitted.items() if "abs_error" in v["heldout"]}
+    if with_heldout:
+        name = min(with_heldout, key=lambda k: (with_heldout[k]["heldout"]["abs_error"],
+                                                with_heldout[k]["aic"]))
+        criterion = "heldout_abs_error"
+    else:
+        name = min(fitted, key=lambda k: fitted[k]["aic"])
+        criterion = "aic (too few budgets to hold the largest out)"
+    return {"family": name, "criterion": criterion, "prediction": fitted[name]["prediction"]}

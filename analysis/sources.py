@@ -1,0 +1,111 @@
+"""Where results come from: `input=` names run folders, a CSV table, `wandb:<entity>/<project>`
+or `optuna:<storage>`; every source gives the same tidy rows (collect.COLUMNS)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from entigraph.analysis.collect import (
+    Results, add_run, check, config_row, read_runs, read_table, select)
+from entigraph.records import RECORD
+from entigraph.errors import EntigraphError
+
+WANDB, OPTUNA = "wandb:", "optuna:"
+
+
+def load(cfg) -> Results:
+    """The checked rows of `cfg.input`, narrowed to `cfg.where`."""
+    source = cfg.input
+    if source.startswith(WANDB):
+        results = wandb_results(source[len(WANDB):], cfg.wandb.group, list(cfg.wandb.tags))
+    elif source.startswith(OPTUNA):
+        results = optuna_results(source[len(OPTUNA):], cfg.study)
+    elif source.endswith(".csv"):
+        if not Path(source).exists():
+            raise EntigraphError(f"input={source}: no such file")
+        results = read_table(Path(source))
+    else:
+        results = read_runs(source)
+    results = select(results, dict(cfg.where))
+    check(results.rows, source)
+    return results
+
+
+def wandb_row(run_path: str, job_type: str, config: dict, summary: dict) -> dict | None:
+    """The row of one W&B training run (its config is our resolved config; its summary holds
+    the record's metrics and `derived/<name>` quantities); None for other runs."""
+    if job_type != "train" or "accuracy" not in summary:
+        return None
+    derived = {k[len("derived/"):]: v for k, v in summary.items() if k.startswith("derived/")}
+    return config_row(run_path, config, summary, derived, "wandb")
+
+
+def wandb_results(path: str, group: str | None, tags: list[str]) -> Results:
+    """Finished runs of a W&B project (`entity/project`) through the public API, optionally
+    only a group's or those with any of `tags`. Needs a reachable W&B server."""
+    import wandb
+
+    filters: dict = {"state": "finished"}
+    if group:
+        filters["group"] = group
+    if tags:
+        filters["tags"] = {"$in": tags}
+    try:
+        runs = list(wandb.Api().runs(path, filters=filters))
+    except Exception as err:  # no network, no key, no such project: all the user's to fix
+        raise EntigraphError(f"input=wandb:{path}: W&B could not list runs ({err}); analyse the "
+                             f"run folders or a cached results.csv instead") from err
+    rows = [row for run in runs if (row := wandb_row("/".join(run.path), run.job_type,
+                                                     dict(run.config), dict(run.summary)))]
+    return Results(rows)
+
+
+def optuna_storage(url: str):
+    """An RDB URL (sqlite:///..., postgresql://...) as is; anything else is a journal file."""
+    if re.match(r"^[a-z][a-z0-9+]*://", url):
+        return url
+    import optuna
+
+    if not Path(url).exists():
+        raise EntigraphError(f"input=optuna:{url}: no such journal file (or give an RDB URL "
+                             f"such as sqlite:///study.db)")
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
+
+
+def optuna_results(url: str, study_name: str | None) -> Results:
+    """Completed trials of a study: from the trial's run folder (user attr `run_dir`) when it
+    exists, else from its params (named by config keys) and value (validation accuracy)."""
+    import optuna
+
+    storage = optuna_storage(url)
+    names = optuna.get_all_study_names(storage)
+    if study_name is None and len(names) == 1:
+        study_name = names[0]
+    if study_name not in names:
+        raise EntigraphError(f"input=optuna:{url}: set study=<name>; studies there: "
+                             f"{', '.join(names) or 'none'}")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    results = Results([])
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        run_dir = trial.user_attrs.get("run_dir")
+        if run_dir and (Path(run_dir) / RECORD).exists():
+            add_run(results, Path(run_dir))
+        else:
+            results.rows.append(trial_row(f"{study_name}#{trial.number}", trial.params,
+                                          trial.value, trial.user_attrs))
+    return results
+
+
+def trial_row(run: str, params: dict, value: float, attrs: dict) -> dict:
+    """A row from a trial's params (config keys such as data.synthetic_tokens) and value."""
+    config: dict = {}
+    for key, v in params.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = v
+    metrics = {"accuracy": value, "n_questions": attrs.get("n_questions")}
+    derived = {"synthetic_tokens_selected": params.get("data.synthetic_tokens")}
+    return config_row(run, config, metrics, derived, "optuna")
+
