@@ -11,7 +11,7 @@ COMMANDS = {
     "train": "continually pretrain a model on a synthetic corpus, then evaluate it",
     "eval": "evaluate a model folder on the corpus's closed-book questions",
     "sweep": "train and evaluate every point of a grid (sweep.grid), each in its own run folder",
-    "analyze": "collect run records into a table and plot accuracy against synthetic tokens",
+    "analyze": "results table, scaling-curve fits with intervals, and plots",
     "demo": "the whole pipeline on the built-in corpus and a tiny model (CPU, offline)",
 }
 

@@ -124,11 +124,12 @@ def sweep(cfg: DictConfig) -> list[dict]:
 
 
 def analyze(cfg: DictConfig) -> dict:
-    from entigraph.analysis.report import write_report
+    from entigraph.analysis.report import describe, write_report
 
-    outputs = write_report(cfg.input, Path(cfg.output_dir))
+    outputs, document = write_report(cfg)
     for name, path in outputs.items():
         print(f"{name}: {path}")
+    print(describe(document))
     return outputs
 
 
@@ -136,8 +137,11 @@ def demo(cfg: DictConfig) -> None:
     """Generate, sweep the synthetic token budget, and analyse: the whole pipeline, small."""
     generate(cfg)
     sweep(cfg)
-    analysis_cfg = OmegaConf.create({"input": cfg.paths.runs,
-                                     "output_dir": str(Path(cfg.paths.root) / "analysis")})
+    from entigraph.config import AnalyzeConfig, validate
+
+    analysis_cfg = OmegaConf.merge(OmegaConf.structured(AnalyzeConfig), {
+        "input": cfg.paths.runs, "output_dir": str(Path(cfg.paths.root) / "analysis")})
+    validate(analysis_cfg)
     outputs = analyze(analysis_cfg)
     print(f"\ndemo finished. synthetic corpus: {cfg.synthesis.output_dir}\n"
           f"run records: {cfg.paths.runs}/*/*/record.json\nplot: {outputs['plot']}")

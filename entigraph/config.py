@@ -211,12 +211,57 @@ class RunConfig:
     sweep: SweepSpec = field(default_factory=SweepSpec)
 
 
+CURVE_FAMILIES = ["loglinear", "mixture_exp", "power_law", "logistic"]
+
+
+@dataclass
+class AnalyzeFitConfig:
+    """Scaling-curve fits (design brief §4; README "Analysis")."""
+    families: list[str] = knob(CURVE_FAMILIES, choices=CURVE_FAMILIES)
+    # auto: binomial likelihood when every run's number of questions is known, else least squares.
+    method: str = knob("auto", choices=["auto", "least_squares", "binomial"])
+    mixture_terms: int = knob(3, ge=1, le=5)  # mixture_exp: exponential terms (the paper: 3)
+    starts: int = knob(8, gt=0)  # multi-start: fits from the data's guess and random points
+    bootstrap_iterations: int = knob(200, ge=0)  # per family and kind (runs, questions); 0: none
+    confidence: float = knob(0.95, gt=0.0, lt=1.0)
+    # The bootstrap behind bands and predictions (runs when questions cannot be resampled).
+    interval_source: str = knob("questions", choices=["questions", "runs"])
+    targets: list[float] = knob([], gt=0.0, lt=1.0)  # accuracies to report the tokens needed for
+    predict_tokens: Optional[int] = knob(None, gt=0)  # null: the sweep grid's next budget
+    seed: int = 0
+
+
+@dataclass
+class AnalyzeWandbConfig:
+    # input=wandb:<entity>/<project>: only runs of this group / with any of these tags.
+    group: Optional[str] = None
+    tags: list[str] = knob([])
+    # Log the figures and the table to a new run of this project, or to this existing run id.
+    project: Optional[str] = None
+    entity: Optional[str] = None
+    run_id: Optional[str] = None
+    mode: str = knob("auto", choices=["auto", "online", "offline", "disabled"])
+
+
 @dataclass
 class AnalyzeConfig:
     command: str = "analyze"
-    # A sweep folder, a glob of run folders, or a CSV table of (tokens, accuracy[, ...]).
+    # A sweep folder, a glob of run folders, a CSV table of (tokens, accuracy[, questions,
+    # group]) such as an earlier analysis's results.csv, wandb:<entity>/<project>, or
+    # optuna:<storage URL or journal file>.
     input: str = "${paths.runs}"
     output_dir: str = "${paths.root}/analysis"
+    study: Optional[str] = None  # optuna input: the study name (optional if it is the only one)
+    # Keep only rows whose columns have these values, e.g. +where.protocol=mc +where.lr=1e-4.
+    where: dict[str, Any] = field(default_factory=dict)
+    # group: a curve per (mixing ratio, LR); envelope: per mixing ratio, the best LR at each
+    # budget; none: all runs on one curve.
+    slice_by: str = knob("group", choices=["group", "envelope", "none"])
+    # Horizontal reference lines, label -> accuracy: '++references={Llama 3 8B base: 0.3949}'.
+    references: dict[str, float] = field(default_factory=dict)
+    chance: Optional[float] = knob(0.25, ge=0.0, le=1.0)  # a chance line; null: none
+    fit: AnalyzeFitConfig = field(default_factory=AnalyzeFitConfig)
+    wandb: AnalyzeWandbConfig = field(default_factory=AnalyzeWandbConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
