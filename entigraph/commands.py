@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,42 +42,74 @@ def generate(cfg: DictConfig) -> dict:
     return manifest
 
 
-def eval_questions(cfg: DictConfig) -> list:
-    """The (document, question) pairs of the configured split."""
+def eval_questions(cfg: DictConfig, split: str) -> list:
+    """The (document, question) pairs of a split: all, or the reference split's validation
+    (first share of articles by title) or test part."""
     docs = load_corpus(cfg.corpus, cfg.paths.cache)
-    if cfg.eval.split != "all":
+    if split != "all":
         validation, test = reference_split(docs, cfg.eval.validation_share)
-        docs = validation if cfg.eval.split == "validation" else test
-    return [(doc, q) for doc in docs for q in doc.questions]
+        docs = validation if split == "validation" else test
+    questions = [(doc, q) for doc in docs for q in doc.questions]
+    if not questions:
+        raise ConfigError(f"config: the {split} split of corpus {cfg.corpus.name} has no "
+                          f"questions; choose another eval.split or eval.validation_share")
+    return questions
 
 
 def _evaluate_into(record, model, tokenizer, questions: list, cfg: DictConfig) -> dict:
-    """Score `model` on `questions`; metrics to the record, per-question records to
-    <run_dir>/questions.jsonl (for the analysis's question-level bootstrap)."""
-    from entigraph.evaluation import evaluate_multiple_choice
+    """Score `model` on `questions`; metrics to the record (and a per-question table to W&B),
+    per-question records to <run_dir>/questions.jsonl for the analysis's bootstrap."""
+    from entigraph.evaluation import evaluate_questions
 
-    result = evaluate_multiple_choice(model, tokenizer, questions, Path(cfg.run_dir) / "eval",
-                                      batch_size=cfg.eval.batch_size, limit=cfg.eval.limit)
+    result = evaluate_questions(model, tokenizer, questions, Path(cfg.run_dir) / "eval", cfg.eval,
+                                limit=cfg.eval.limit)
     write_atomic(Path(cfg.run_dir) / "questions.jsonl",
                  "".join(json.dumps(q) + "\n" for q in result["questions"]))
     record.set_metrics(**result["metrics"])
+    record.table("questions", result["questions"])
     return result["metrics"]
 
 
-def train(cfg: DictConfig) -> dict:
+def _report(metrics: dict, protocols) -> str:
+    return "; ".join(f"{p} accuracy {metrics[f'{p}_accuracy']:.3f} (parse rate "
+                     f"{metrics[f'{p}_parse_rate']:.2f})" if metrics[f"{p}_accuracy"] is not None
+                     else f"{p}: no answer parsed" for p in protocols) \
+        + f" on {metrics['n_questions']} questions"
+
+
+def _curve_probe(record, questions: list, cfg: DictConfig, on_eval: Optional[Callable]):
+    """The evaluation run every eval.every_steps steps while training: mc accuracy on the
+    validation split, logged as `val_accuracy`; `on_eval(step, accuracy)` may stop the run
+    (a sweep's pruner raises)."""
+    from entigraph.evaluation import evaluate_questions
+
+    def probe(model, tokenizer, step: int) -> None:
+        result = evaluate_questions(model, tokenizer, questions, Path(cfg.run_dir) / "eval_curve",
+                                    cfg.eval, limit=cfg.eval.every_limit, protocols=["mc"])
+        accuracy = result["metrics"]["accuracy"]
+        record.log(step, val_accuracy=accuracy)
+        if on_eval:
+            on_eval(step, accuracy)
+
+    return probe
+
+
+def train(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:
     from entigraph import training
     from entigraph.synthesis import require_complete
 
     # Inputs are checked before a run folder exists.
     require_complete(cfg.data.corpus_dir)
-    questions = eval_questions(cfg) if cfg.eval.after_training else []
+    questions = eval_questions(cfg, cfg.eval.split) if cfg.eval.after_training else []
+    curve = eval_questions(cfg, "validation") if cfg.eval.every_steps else []
     with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
-        model, tokenizer = training.train(cfg, record)
+        probe = _curve_probe(record, curve, cfg, on_eval) if curve else None
+        model, tokenizer = training.train(cfg, record, probe)
         if cfg.eval.after_training and is_main_process():
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # sharded in memory: use the saved model
-                model, tokenizer = Path(cfg.run_dir) / "model", None
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.eval.backend == "vllm":
+                model, tokenizer = Path(cfg.run_dir) / "model", None  # the saved model
             metrics = _evaluate_into(record, model, tokenizer, questions, cfg)
-            print(f"accuracy {metrics['accuracy']:.3f} on {metrics['n_questions']} questions")
+            print(_report(metrics, cfg.eval.protocols))
     if is_main_process():
         shutil.rmtree(Path(cfg.run_dir) / training.CHECKPOINT, ignore_errors=True)  # model saved
     print(f"run folder: {cfg.run_dir}")
@@ -90,11 +123,10 @@ def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
         raise ConfigError("config: checkpoint is not set; set checkpoint=<model folder>, "
                           "e.g. checkpoint=outputs/runs/<run>/model")
     check_model(cfg.checkpoint, None)
-    questions = eval_questions(cfg)
+    questions = eval_questions(cfg, cfg.eval.split)
     with run_record(cfg.run_dir, "eval", _plain(cfg), cfg.tracker) as record:
         metrics = _evaluate_into(record, cfg.checkpoint, None, questions, cfg)
-    print(f"accuracy {metrics['accuracy']:.4f} on {metrics['n_questions']} questions; "
-          f"record: {Path(cfg.run_dir) / 'record.json'}")
+    print(f"{_report(metrics, cfg.eval.protocols)}; record: {Path(cfg.run_dir) / 'record.json'}")
     return read_record(cfg.run_dir)
 
 

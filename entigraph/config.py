@@ -162,14 +162,45 @@ class TrainerConfig:
 
 
 @dataclass
+class CotConfig:
+    """The paper's five-shot chain-of-thought protocol: sampling and how samples become answers."""
+    num_samples: int = knob(8, gt=0)
+    temperature: float = knob(0.1, ge=0.0)
+    # first_valid: the reference code's rule; random_valid: the paper's; majority: most common
+    # parsed letter (ties to the earliest sample).
+    selection: str = knob("first_valid", choices=["first_valid", "random_valid", "majority"])
+    # wrong: a question with no parseable sample counts as wrong (honest); drop: left out of the
+    # denominator, as the reference scoring did. The parse rate is reported either way.
+    unparsed: str = knob("wrong", choices=["wrong", "drop"])
+    max_new_tokens: int = knob(384, gt=0)
+    seed: int = 0
+
+
+@dataclass
 class EvalConfig:
-    protocol: str = knob("mc", choices=["mc"])
+    # mc: log-likelihood over the four options; cot: generative chain of thought. The first
+    # protocol listed gives the headline `accuracy`; each also reports `<protocol>_accuracy`.
+    protocols: list[str] = knob(["mc"], choices=["mc", "cot"])
+    backend: str = knob("hf", choices=["hf", "vllm"])
+    # vllm backend: arguments for vllm.LLM as lm-eval passes them, e.g. on CPU
+    # {dtype: float32, max_model_len: 4096, enforce_eager: true, kv_cache_memory_bytes: 1e9}.
+    vllm_args: dict[str, Any] = field(default_factory=dict)
     split: str = knob("all", choices=["all", "validation", "test"])
     # Share of articles (sorted by title) held out for validation in the reference split.
     validation_share: float = knob(0.2, gt=0.0, lt=1.0)
     after_training: bool = True
     batch_size: int = knob(8, gt=0)
     limit: Optional[int] = knob(None, gt=0)  # questions evaluated; null for all
+    # During training: mc accuracy on the validation split every this many steps (0: never),
+    # logged as `val_accuracy` in the run's history; sweeps prune on it.
+    every_steps: int = knob(0, ge=0)
+    every_limit: Optional[int] = knob(None, gt=0)  # validation questions per intermediate eval
+    cot: CotConfig = field(default_factory=CotConfig)
+
+    def check(self) -> None:
+        if not self.protocols or len(set(self.protocols)) != len(self.protocols):
+            raise ConfigError(f"config: eval.protocols={self.protocols} must list mc and/or cot "
+                              f"once each, e.g. eval.protocols=[mc,cot]")
 
 
 @dataclass

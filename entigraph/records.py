@@ -82,6 +82,11 @@ class RunRecord:
         if self.tracker:
             self.tracker.summary(metrics)
 
+    def table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Rows for the tracker only (the run folder keeps them in its own files)."""
+        if self.tracker:
+            self.tracker.table(name, rows)
+
     def set_derived(self, **derived: Any) -> None:
         """Quantities computed from the config and data: steps, tokens of each source, ..."""
         self.data["derived"].update(derived)

@@ -7,6 +7,9 @@ from __future__ import annotations
 from typing import Iterable
 
 EOS = "<|endoftext|>"
+# Positions are rotary (nothing learned per position), so the context can exceed the training
+# block for free: room for the five-shot chain-of-thought prompt and its answer.
+MIN_CONTEXT = 4096
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -42,7 +45,7 @@ def build_tiny_model(model_cfg, tokenizer, context_length: int, seed: int):
         num_hidden_layers=model_cfg.num_layers,
         num_attention_heads=model_cfg.num_heads,
         num_key_value_heads=model_cfg.num_heads,
-        max_position_embeddings=context_length,
+        max_position_embeddings=max(context_length, MIN_CONTEXT),
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)

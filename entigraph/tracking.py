@@ -31,6 +31,13 @@ class Tracker:
     def summary(self, values: dict[str, Any]) -> None:
         self.run.summary.update(values)
 
+    def table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        import wandb
+
+        columns = list(rows[0]) if rows else []
+        self.run.log({name: wandb.Table(columns=columns,
+                                        data=[[row[c] for c in columns] for row in rows])})
+
     def finish(self, failed: bool) -> None:
         self.run.finish(exit_code=1 if failed else 0)
 

@@ -9,11 +9,13 @@ evaluating does not train again; the run's command removes it once the run has c
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -24,6 +26,7 @@ from entigraph.models import load_model, load_tokenizer
 from entigraph.records import RunRecord, write_json_atomic
 from entigraph.train_data import build_training_blocks
 
+log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 # Peak dense bf16 FLOP/s of known accelerators, for model FLOPs utilisation.
 PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 125e12}
@@ -100,8 +103,11 @@ def _mfu(tokens_per_s: float, n_params: int, devices: int) -> float | None:
     return 6 * n_params * tokens_per_s / (peak * devices) if peak else None
 
 
-def train(cfg, record: RunRecord):
-    """Train per `cfg` (a validated RunConfig); save to <run_dir>/model; return (model, tokenizer)."""
+def train(cfg, record: RunRecord, probe: Callable | None = None):
+    """Train per `cfg` (a validated RunConfig); save to <run_dir>/model; return (model, tokenizer).
+
+    probe(model, tokenizer, step), when given, runs every cfg.eval.every_steps steps on a single
+    process (an evaluation on one rank of a sharded model would wait for the others forever)."""
     import torch
     from accelerate import Accelerator, PartialState
     from transformers import get_scheduler
@@ -142,6 +148,10 @@ def train(cfg, record: RunRecord):
                        global_batch_tokens=cfg.trainer.batch_size * cfg.data.block_size,
                        parameters=n_params, resumed_from_step=step)
 
+    if probe and accelerator.num_processes > 1:
+        log.warning("eval.every_steps: evaluation during training runs on one process only; "
+                    "skipped on %d processes", accelerator.num_processes)
+        probe = None
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step",
                disable=not accelerator.is_local_main_process)
@@ -184,6 +194,10 @@ def train(cfg, record: RunRecord):
                        tokens_seen_synthetic=seen["synthetic"], tokens_seen_replay=seen["replay"],
                        tokens_per_s=round(tokens_per_s, 1), **({"mfu": mfu} if mfu else {}))
             interval_tokens, interval_start = 0, time.perf_counter()
+        # Before the checkpoint: a run killed while evaluating evaluates that step again.
+        if probe and step % cfg.eval.every_steps == 0:
+            probe(accelerator.unwrap_model(model), tokenizer, step)
+            interval_start = time.perf_counter()  # throughput counts training time only
         if cfg.trainer.checkpoint_every and (step % cfg.trainer.checkpoint_every == 0
                                              or step == total_steps):
             _save_checkpoint(accelerator, run_dir, step, seen, loss_sum, cfg)

@@ -1,12 +1,16 @@
-"""Closed-book multiple-choice evaluation through lm-eval, on a tiny model built locally."""
+"""Closed-book QA evaluation through lm-eval (both protocols), on tiny models built locally."""
+import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from entigraph import cot_prompt
+from entigraph.config import CotConfig, EvalConfig
 from entigraph.corpus import Document, Question
 from entigraph.errors import EntigraphError
-from entigraph.evaluation import evaluate_multiple_choice, render_prompt
+from entigraph.evaluation import evaluate_questions, question_row, render_prompt
 
 LAMP = Document(uid="lamp", title="The Lamplighter of Varrow Quay", author="Iselda Marrow",
                 year=1931, text="(not shown to the model)")
@@ -25,6 +29,11 @@ QUESTIONS = [
     (FOG, Question("fog-3", "What guided the rowing boat through the fog?",
                    ("a lantern", "the stars", "the bell buoy", "a compass"), 2, hard=True)),
 ]
+
+
+def evaluate_multiple_choice(model, tokenizer, questions, work_dir, limit=None, **eval_cfg):
+    return evaluate_questions(model, tokenizer, questions, work_dir, EvalConfig(**eval_cfg),
+                              limit=limit)
 
 
 def answer_text(doc, q):
@@ -188,3 +197,149 @@ def test_training_on_the_answers_beats_the_untrained_model(tiny, tmp_path):
 
     assert after["metrics"]["accuracy"] >= 5 / 6
     assert after["metrics"]["accuracy"] > before["metrics"]["accuracy"]
+
+
+# --- the chain-of-thought protocol --------------------------------------------------------
+
+GOLDEN = Path(__file__).parent / "golden" / "cot_prompt.txt"
+
+
+def test_cot_prompt_matches_the_golden_file():
+    doc, q = QUESTIONS[0]
+    assert question_row(doc, q)["cot_prompt"] == GOLDEN.read_text(encoding="utf-8")
+
+
+def test_cot_prompt_blocks_have_the_paper_structure():
+    doc, q = QUESTIONS[3]  # unknown author and year
+    prompt = question_row(doc, q)["cot_prompt"]
+    blocks = prompt.split("### Example ")[1:]
+    assert len(blocks) == 6
+    for block in blocks:
+        assert [line for line in block.splitlines() if line.startswith("#### ")] == [
+            "#### Question", "#### Choices", "#### Thought Process and Answer"]
+        assert [line[:3] for line in block.splitlines() if line[:3] in ("A. ", "B. ", "C. ", "D. ")] \
+            == ["A. ", "B. ", "C. ", "D. "]
+    assert all(block.rstrip().endswith(f"Answer: {cot_prompt.LETTERS[ex['answer']]}.")
+               for block, ex in zip(blocks, cot_prompt.FEWSHOT))
+    assert 'In the context of "Fog on the Banks", Which ship was overdue? There is only one ' \
+           'correct choice.' in blocks[-1]
+    assert prompt.endswith("#### Thought Process and Answer\nThought process:")
+
+
+@pytest.mark.parametrize("completion,letter", [
+    (" The keeper said so.\nAnswer: B.\n", "B"),
+    (" Reasoning.\nAnswer: D", "D"),
+    ("Answer: (A).", "A"),
+    ("  Answer:   C.  \n\n", "C"),
+    (" First thought.\nAnswer: A.\nAnswer: C.", "A"),  # generation stops at the first answer
+    (" It must be the second.\nAnswer: A or B.", None),
+    (" Hmm.\nAnswer: E.", None),
+    (" Hmm.\nAnswer: the Warden.", None),
+    (" I think it is B.", None),
+    ("", None),
+    ("The Answer: B. is wrong", None),
+    ("Answer: AB.", None),
+])
+def test_answer_parser(completion, letter):
+    assert cot_prompt.parse_answer(completion) == letter
+
+
+@pytest.mark.parametrize("rule,answers,expected", [
+    ("first_valid", [None, "C", "A"], "C"),
+    ("majority", ["A", "C", None, "C"], "C"),
+    ("majority", ["B", "A", "A", "B"], "B"),  # a tie goes to the earliest sample
+    ("random_valid", [None, None], None),
+    ("first_valid", [], None),
+])
+def test_sample_selection(rule, answers, expected):
+    assert cot_prompt.select(answers, rule, random.Random(0)) == expected
+
+
+def test_random_valid_draws_only_valid_answers_and_all_of_them():
+    rng = random.Random(1)
+    drawn = {cot_prompt.select(["A", None, "C", None], "random_valid", rng) for _ in range(50)}
+    assert drawn == {"A", "C"}
+
+
+def cot_answer(q):
+    """A worked answer in the examples' form, as far as the start of the next block."""
+    return (f" It is {q.options[q.gold]}.\nAnswer: {cot_prompt.LETTERS[q.gold]}.\n\n"
+            f"### Example 7\n")
+
+
+@pytest.fixture(scope="module")
+def answering(tmp_path_factory):
+    """A tiny model trained (on the answers only) to answer the chain-of-thought prompts in the
+    examples' format, saved to a folder: the parser and both backends get real answers."""
+    import torch
+
+    from entigraph.config import ModelConfig
+    from entigraph.tiny_model import build_tiny_model, train_tokenizer
+
+    prompts = [question_row(d, q)["cot_prompt"] for d, q in QUESTIONS]
+    texts = [p + cot_answer(q) for p, (_, q) in zip(prompts, QUESTIONS)]
+    tokenizer = train_tokenizer(texts, vocab_size=1000)
+    model = build_tiny_model(ModelConfig(), tokenizer, context_length=128, seed=0)
+    torch.manual_seed(0)
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    for row, prompt in zip(labels, prompts):
+        row[:len(tokenizer(prompt).input_ids)] = -100  # learn the answer, not the prompt
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(80):  # about 10 s; greedy answers are all well-formed by 70 steps
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("answering") / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+COT = {"protocols": ["cot", "mc"],
+       "cot": CotConfig(num_samples=2, temperature=0.1, max_new_tokens=24)}
+
+
+def check_cot_records(result):
+    cot = [r for r in result["questions"] if r["protocol"] == "cot"]
+    assert [r["question_id"] for r in cot] == [q.uid for _, q in QUESTIONS]
+    for r in cot:
+        assert r["parsed"] == (r["prediction"] is not None)
+        assert r["correct"] == (r["prediction"] == r["gold"])  # unparsed counts as wrong
+    metrics = result["metrics"]
+    assert metrics["cot_parse_rate"] == sum(r["parsed"] for r in cot) / len(cot)
+    assert metrics["accuracy"] == metrics["cot_accuracy"]  # the first protocol is the headline
+    assert metrics["parse_rate"] == metrics["cot_parse_rate"]
+    assert {r["protocol"] for r in result["questions"]} == {"cot", "mc"}
+    return cot
+
+
+@pytest.mark.slow
+def test_cot_end_to_end_on_transformers(answering, tmp_path):
+    result = evaluate_multiple_choice(str(answering), None, QUESTIONS, tmp_path, **COT)
+    cot = check_cot_records(result)
+    assert result["metrics"]["cot_parse_rate"] >= 5 / 6  # it learned the answer format
+    assert result["metrics"]["cot_accuracy"] >= 4 / 6
+    assert result["metrics"]["mc_parse_rate"] == 1.0
+
+    # unparsed=drop leaves unparsed questions out of the denominator; same samples (same seed)
+    dropped = evaluate_multiple_choice(str(answering), None, QUESTIONS, tmp_path, protocols=["cot"],
+                                       cot=CotConfig(num_samples=2, temperature=0.1,
+                                                     max_new_tokens=24, unparsed="drop"))
+    again = [r for r in dropped["questions"]]
+    assert [r["prediction"] for r in again] == [r["prediction"] for r in cot]
+    parsed = [r for r in again if r["parsed"]]
+    assert all(r["correct"] is None for r in again if not r["parsed"])
+    assert dropped["metrics"]["cot_n_scored"] == len(parsed)
+    assert dropped["metrics"]["accuracy"] == pytest.approx(
+        sum(r["correct"] for r in parsed) / len(parsed))
+
+
+@pytest.mark.slow
+def test_cot_with_no_parseable_answer_counts_wrong_and_reports_parse_rate(tiny, tmp_path):
+    tokenizer, model = tiny  # untrained: its samples never hold an answer line
+    result = evaluate_multiple_choice(model, tokenizer, QUESTIONS[:2], tmp_path, protocols=["cot"],
+                                      cot=CotConfig(num_samples=2, max_new_tokens=8))
+    assert result["metrics"]["parse_rate"] == 0.0 and result["metrics"]["accuracy"] == 0.0
+    assert [r["prediction"] for r in result["questions"]] == [None, None]
