@@ -56,8 +56,12 @@ def runs_resampler(f: Fit) -> Resample:
     groups = _budget_groups(p)
     if _replicated(p):
         return lambda rng: p.subset(np.concatenate([rng.choice(g, len(g)) for g in groups]))
-    fitted, residuals = f.predict(p.x), f.residuals
-    return lambda rng: Points(p.x, np.clip(fitted + rng.choice(residuals, len(residuals)), 0, 1), p.n)
+    # Fitted residuals are smaller than the errors by about sqrt((N - k) / N) (k parameters
+    # were fitted to them); scaling them back keeps few-budget intervals from being too narrow.
+    count = len(p.x)
+    fitted = f.predict(p.x)
+    residuals = f.residuals * np.sqrt(count / max(count - len(f.theta), 1))
+    return lambda rng: Points(p.x, np.clip(fitted + rng.choice(residuals, count), 0, 1), p.n)
 
 
 def questions_resampler(p: Points, correct: Optional[np.ndarray]) -> tuple[str, Resample] | None:
