@@ -186,9 +186,10 @@ def check(rows: list[dict], source: str) -> None:
         for row in rows:
             counts[row.get(column)] = counts.get(row.get(column), 0) + 1
         if len(counts) > 1:
-            seen = ", ".join(f"{v} ({n} runs)" for v, n in counts.items())
+            common = sorted(counts.items(), key=lambda kv: -kv[1])  # most runs first
+            seen = ", ".join(f"{v} ({n} runs)" for v, n in common)
             raise EntigraphError(f"input={source} mixes incompatible runs: {column} differs ({seen}); "
-                                 f"analyse one at a time, e.g. +where.{column}={next(iter(counts))}")
+                                 f"analyse one at a time, e.g. +where.{column}={common[0][0]}")
 
 
 def write_tables(results: Results, output_dir: Path) -> dict[str, Path]:
