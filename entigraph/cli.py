@@ -11,6 +11,7 @@ COMMANDS = {
     "train": "continually pretrain a model on a synthetic corpus, then evaluate it",
     "eval": "evaluate a model folder on the corpus's closed-book questions",
     "sweep": "train and evaluate every point of a grid (sweep.grid), each in its own run folder",
+    "search": "an Optuna search over sweep.space with pruning; run it again for more workers",
     "analyze": "results table, scaling-curve fits with intervals, and plots",
     "demo": "the whole pipeline on the built-in corpus and a tiny model (CPU, offline)",
 }
@@ -21,8 +22,14 @@ USAGE = "usage: entigraph <command> [key=value ...] [--cfg job] [--help]\n\ncomm
     "`entigraph <command> --cfg job` prints the composed config, `--help` its options.\n")
 
 
-def _run(command: str, cfg) -> None:
-    """Validate, then run; a user-fixable problem becomes one line on stderr and exit code 2."""
+def _run(command: str, cfg):
+    """Validate, then run; a user-fixable problem becomes one line on stderr and exit code 2.
+    One job of a --multirun sweep instead returns how it ended, so the sweep goes on."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        return _sweep_job(command, cfg)
     from entigraph import commands
     from entigraph.config import validate
     from entigraph.errors import EntigraphError
@@ -33,6 +40,22 @@ def _run(command: str, cfg) -> None:
     except EntigraphError as err:
         print(f"entigraph {command}: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _sweep_job(command: str, cfg) -> dict:
+    """A sweep job: a train job skips a completed run of the same config and retries a failed
+    one; any failure is one line here, in the run's record and in the job's result."""
+    from entigraph import commands
+    from entigraph.config import validate
+    from entigraph.sweeps.runs import run_point
+
+    try:
+        validate(cfg)
+        return run_point(cfg) if command == "train" else getattr(commands, command)(cfg)
+    except Exception as err:  # noqa: BLE001 - the sweep goes on; the record has the traceback
+        print(f"entigraph {command}: error: {err}".splitlines()[0], file=sys.stderr)
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}",
+                "run_dir": cfg.get("run_dir")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     from entigraph.config import register_configs
+    from entigraph.sweeps.sweeper import register_sweeper
 
     register_configs()
+    register_sweeper()
     app = hydra.main(config_path="pkg://entigraph.conf",
                      config_name=command)(lambda cfg: _run(command, cfg))
     sys.argv = [f"entigraph {command}", *overrides]

@@ -134,25 +134,28 @@ def sweep(cfg: DictConfig) -> list[dict]:
     """Train and evaluate every grid point in turn. Completed points are skipped on a rerun; a
     failed point is recorded in its folder and the sweep goes on."""
     from entigraph.sweeps.grid import grid_points
+    from entigraph.sweeps.runs import run_point
 
     points = grid_points(cfg, cfg.sweep.grid)  # every point validated before any run starts
     records, failed = [], []
     for i, point in enumerate(points, 1):
-        previous = read_record(point.run_dir)
-        if previous and previous["status"] == "completed":
-            log.info("[%d/%d] %s already completed; skipping", i, len(points), point.run_dir)
-            records.append(previous)
-            continue
-        log.info("[%d/%d] training %s", i, len(points), point.run_dir)
+        log.info("[%d/%d] %s", i, len(points), point.run_dir)
         try:
-            records.append(train(point))
-        except Exception:  # recorded in its run folder when it got one; the sweep goes on
+            records.append(run_point(point))
+        except Exception:  # recorded in its run folder; the sweep goes on
             log.exception("run %s failed", point.run_dir)
             failed.append(point.run_dir)
             records.append(read_record(point.run_dir))
     print(f"sweep: {len(points) - len(failed)}/{len(points)} runs completed"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     return records
+
+
+def search(cfg: DictConfig) -> dict:
+    """One Optuna worker on the study sweep.name; start more (here or elsewhere) to share it."""
+    from entigraph.sweeps.optuna_search import run_worker
+
+    return run_worker(cfg)
 
 
 def analyze(cfg: DictConfig) -> dict:

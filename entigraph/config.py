@@ -214,9 +214,39 @@ class TrackerConfig:
 
 
 @dataclass
+class OptunaSpec:
+    """`entigraph search`: an Optuna study driven directly (README "Sweeps")."""
+    # An RDB URL (sqlite:///study.db, postgresql://user@host/db) or a journal file path.
+    storage: str = "${sweep.dir}/study.journal"
+    # Global cap: workers stop once the study has this many finished (or running) trials.
+    n_trials: int = knob(20, gt=0)
+    sampler: str = knob("tpe", choices=["tpe", "random"])
+    seed: Optional[int] = None  # each worker samples with seed + sweep.worker; null: random
+    # Pruning on the intermediate validation accuracy (needs eval.every_steps > 0).
+    pruner: str = knob("median", choices=["median", "hyperband", "none"])
+    startup_trials: int = knob(2, ge=0)  # median: trials finished before any is pruned
+    warmup_steps: int = knob(0, ge=0)  # median: steps of a trial before it can be pruned
+    min_resource: int = knob(1, gt=0)  # hyperband: steps a trial gets before a first cut
+    reduction_factor: int = knob(3, gt=1)  # hyperband: 1/factor of trials go on at each rung
+    # A worker records a heartbeat this often; a running trial silent for grace_s (default
+    # 2 x heartbeat_s) is failed and retried (up to max_retry times) in its own run folder.
+    heartbeat_s: int = knob(30, gt=0)
+    grace_s: Optional[int] = knob(None, gt=0)
+    max_retry: int = knob(2, ge=0)
+    top_k: int = knob(5, gt=0)  # trials listed in best_trials.json
+
+
+@dataclass
 class SweepSpec:
+    # Names the sweep folder (and the Optuna study): ${paths.runs}/sweeps/<name>.
+    name: str = "sweep"
+    dir: str = "${paths.runs}/sweeps/${sweep.name}"
     # Config key -> values; every combination is one training run (then its evaluation).
     grid: dict[str, Any] = field(default_factory=dict)
+    # search: config key -> a Hydra sweep, e.g. {optim.lr: "tag(log, interval(1e-5, 1e-3))"}.
+    space: dict[str, str] = field(default_factory=dict)
+    optuna: OptunaSpec = field(default_factory=OptunaSpec)
+    worker: int = knob(0, ge=0)  # search: this worker's index (seeds its sampler)
 
 
 @dataclass
