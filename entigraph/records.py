@@ -107,7 +107,9 @@ class RunRecord:
             self.tracker.log(values, step)
 
     def finish(self, error: BaseException | None = None) -> None:
-        self.data["status"] = "failed" if error else "completed"
+        # A sweep's pruner stops a run by raising optuna.TrialPruned: that run did not fail.
+        pruned = type(error).__name__ == "TrialPruned"
+        self.data["status"] = "pruned" if pruned else "failed" if error else "completed"
         self.data["ended_at"] = _now()
         self.data["duration_s"] = round(time.monotonic() - self._t0, 3)
         if error is not None:

@@ -5,20 +5,20 @@ import copy
 import itertools
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from entigraph.config import validate
 from entigraph.errors import ConfigError
 
 
-def with_overrides(cfg: DictConfig, overrides: dict) -> DictConfig:
+def with_overrides(cfg: DictConfig, overrides: dict, source: str = "sweep.grid") -> DictConfig:
     """A copy of `cfg` with dotted keys set; keys the schema lacks are refused (struct mode)."""
     point = copy.deepcopy(cfg)
     for key, value in overrides.items():
         try:
             OmegaConf.update(point, key, value, merge=False)
-        except ConfigKeyError:
-            raise ConfigError(f"config: sweep.grid key {key!r} is not a config key; "
+        except (ConfigKeyError, ConfigAttributeError):
+            raise ConfigError(f"config: {source} key {key!r} is not a config key; "
                               f"sweeps can only set existing keys such as optim.lr") from None
     return point
 

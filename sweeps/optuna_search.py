@@ -1,0 +1,147 @@
+"""`entigraph search`: one Optuna worker. Optuna is driven directly (the Hydra Optuna sweeper can
+neither prune nor run trials asynchronously, design brief §6); Hydra composes the config and,
+under --multirun, launches the workers.
+
+Each trial is a training run in `<sweep.dir>/trials/<number>` whose config is the worker's with
+the trial's params (named by config keys) set; its value is the validation QA accuracy, and the
+intermediate validation evaluations (eval.every_steps) feed the pruner. Workers share the study
+through its storage and stop at the global cap, sweep.optuna.n_trials.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig, open_dict
+from optuna.trial import TrialState
+
+from entigraph.errors import ConfigError
+from entigraph.records import write_json_atomic
+from entigraph.sweeps.space import search_space, suggest
+from entigraph.sweeps.storage import open_storage, shown
+
+# What the cap counts: trials finished or under way (a stale running trial is failed first).
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def check_objective(cfg: DictConfig) -> None:
+    """The objective must be validation accuracy, and a pruner needs intermediate evaluations."""
+    if cfg.eval.split != "validation" or not cfg.eval.after_training:
+        raise ConfigError(f"config: eval.split={cfg.eval.split} (after_training="
+                          f"{cfg.eval.after_training}): a search maximises validation accuracy; "
+                          f"set eval.split=validation and eval.after_training=true")
+    if cfg.sweep.optuna.pruner != "none" and cfg.eval.every_steps == 0:
+        raise ConfigError(f"config: sweep.optuna.pruner={cfg.sweep.optuna.pruner} prunes on "
+                          f"evaluations during training; set eval.every_steps > 0 or "
+                          f"sweep.optuna.pruner=none")
+
+
+def make_pruner(spec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials,
+                                           n_warmup_steps=spec.warmup_steps)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_resource,
+                                              reduction_factor=spec.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(spec, worker: int) -> optuna.samplers.BaseSampler:
+    seed = None if spec.seed is None else spec.seed + worker  # workers must not propose alike
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def open_study(cfg: DictConfig) -> optuna.Study:
+    """The study sweep.name in its storage, created by whichever worker comes first."""
+    spec = cfg.sweep.optuna
+    return optuna.create_study(study_name=cfg.sweep.name, storage=open_storage(spec.storage, spec),
+                               direction="maximize", sampler=make_sampler(spec, cfg.sweep.worker),
+                               pruner=make_pruner(spec), load_if_exists=True)
+
+
+def trial_config(cfg: DictConfig, trial: optuna.Trial, params: dict) -> DictConfig:
+    """The run of a trial: the worker's config with the params set, in the folder of the trial
+    it retries if any (so a dead worker's run resumes from its checkpoint)."""
+    from entigraph.config import validate
+    from entigraph.sweeps.grid import with_overrides
+
+    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+    number = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+    run_dir = Path(cfg.sweep.dir) / "trials" / f"{trial.number if number is None else number:04d}"
+    point = with_overrides(cfg, {**params, "command": "train", "run_dir": str(run_dir)},
+                           "sweep.space")
+    with open_dict(point):
+        point.tracker.group = point.tracker.group or cfg.sweep.name  # W&B: the sweep's runs
+    validate(point)
+    return point
+
+
+def objective(cfg: DictConfig, space: dict):
+    from entigraph.sweeps.runs import run_point
+
+    def run_trial(trial: optuna.Trial) -> float:
+        point = trial_config(cfg, trial, suggest(trial, space))
+        trial.set_user_attr("run_dir", point.run_dir)
+
+        def on_eval(step: int, accuracy: float) -> None:
+            trial.report(accuracy, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"step {step}: validation accuracy {accuracy:.3f}")
+
+        record = run_point(point, on_eval)
+        trial.set_user_attr("n_questions", record["metrics"].get("n_questions"))
+        return record["metrics"]["accuracy"]
+
+    return run_trial
+
+
+def counted(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def run_worker(cfg: DictConfig) -> dict:
+    """Run trials until the study holds sweep.optuna.n_trials; write the summary after each."""
+    check_objective(cfg)
+    space = search_space(cfg)  # every key and range checked before the storage is touched
+    study = open_study(cfg)
+    cap, worker = cfg.sweep.optuna.n_trials, cfg.sweep.worker
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        while True:
+            optuna.storages.fail_stale_trials(study)  # before counting: a dead worker's trial
+            if counted(study) >= cap:
+                break
+            study.optimize(objective(cfg, space), n_trials=1, catch=(Exception,))
+            summary = write_summary(study, cfg)
+            print(f"[search {cfg.sweep.name} worker {worker}] {summary['finished']}/{cap} trials "
+                  f"finished; best validation accuracy {summary['best_value']}", flush=True)
+    return {"status": "completed", **write_summary(study, cfg)}
+
+
+def _trial_row(trial: optuna.trial.FrozenTrial) -> dict:
+    return {"number": trial.number, "value": trial.value, "params": trial.params,
+            "run_dir": trial.user_attrs.get("run_dir"), "state": trial.state.name.lower()}
+
+
+def write_summary(study: optuna.Study, cfg: DictConfig) -> dict:
+    """best_trials.json (the top sweep.optuna.top_k) and summary.json in the sweep folder."""
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE),
+                      key=lambda t: t.value, reverse=True)
+    best = [_trial_row(t) for t in complete[:cfg.sweep.optuna.top_k]]
+    states = [t.state.name.lower() for t in trials]
+    summary = {
+        "study": study.study_name, "storage": shown(cfg.sweep.optuna.storage),
+        "objective": "maximise validation QA accuracy (metrics.accuracy, eval.split=validation)",
+        "space": dict(cfg.sweep.space), "n_trials_cap": cfg.sweep.optuna.n_trials,
+        "trials": {state: states.count(state) for state in sorted(set(states))},
+        "finished": sum(s in ("complete", "pruned") for s in states),
+        "best_value": best[0]["value"] if best else None, "best": best[0] if best else None,
+    }
+    sweep_dir = Path(cfg.sweep.dir)
+    write_json_atomic(sweep_dir / "best_trials.json", best)
+    write_json_atomic(sweep_dir / "summary.json", summary)
+    return summary

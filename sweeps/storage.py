@@ -1,0 +1,83 @@
+"""Where an Optuna study lives: an RDB URL (SQLite on one machine, PostgreSQL across machines) or a
+journal file (several workers on one machine, no server). Either way a worker records a
+heartbeat while it runs a trial, and a trial whose worker stopped beating is failed and retried
+(`RetryFailedTrialCallback`), so a dead worker leaves no trial stuck running."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from entigraph.errors import ConfigError
+
+HEARTBEAT = "entigraph:heartbeat"
+
+
+def is_url(storage: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+]*://", storage) is not None
+
+
+def shown(storage: str) -> str:
+    """The storage as it may be printed or written to a file: any password masked."""
+    if not is_url(storage):
+        return storage
+    return make_url(storage).render_as_string(hide_password=True)
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """Optuna's journal storage has no heartbeat; this one records it as a trial system attribute,
+    which Optuna's stale-trial check (run before every trial) then reads as it does an RDB's."""
+
+    def __init__(self, path: str, interval_s: int, grace_s: int, callback) -> None:
+        super().__init__(JournalFileBackend(path))
+        self._interval_s, self._grace_s, self._callback = interval_s, grace_s, callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        self.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now = time.time()
+        running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        return [t._trial_id for t in running
+                if now - t.system_attrs.get(HEARTBEAT, t.datetime_start.timestamp()) > self._grace_s]
+
+    def get_heartbeat_interval(self) -> int:
+        return self._interval_s
+
+    def get_heartbeat_stale_trial_callback(self):
+        return self._callback
+
+
+def _engine_kwargs(url: str) -> dict:
+    """Fail fast on an unreachable server; let SQLite writers wait for each other."""
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}}
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {}
+
+
+def open_storage(storage: str, spec) -> BaseStorage:
+    """The study storage named by sweep.optuna.storage, reached now so a bad one fails before
+    any trial starts."""
+    grace_s = spec.grace_s or 2 * spec.heartbeat_s
+    retry = RetryFailedTrialCallback(max_retry=spec.max_retry, inherit_intermediate_values=True)
+    if not is_url(storage):
+        Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return HeartbeatJournalStorage(storage, spec.heartbeat_s, grace_s, retry)
+    try:
+        return RDBStorage(storage, engine_kwargs=_engine_kwargs(storage),
+                          heartbeat_interval=spec.heartbeat_s, grace_period=grace_s,
+                          heartbeat_stale_trial_callback=retry)
+    except Exception as err:  # no driver, refused, unknown host, bad credentials, ...
+        reason = " ".join(str(err).split())[:300]
+        if password := make_url(storage).password:
+            reason = reason.replace(str(password), "***")
+        raise ConfigError(f"config: sweep.optuna.storage={shown(storage)} cannot be reached "
+                          f"({reason}); start the database or fix the URL") from None
