@@ -60,10 +60,15 @@ def test_wandb_offline_mirror_gets_config_but_never_the_api_key(tmp_path, monkey
     with run_record(tmp_path / "run", "train", config, tracker) as record:
         record.log(1, loss=1.5)
         record.set_metrics(accuracy=0.25)
+        record.table("questions", [{"question_id": "q-7", "correct": True}])
+    import wandb
+    wandb.teardown()  # wandb-core writes the offline log in the background; this waits for it
     logs = list((tmp_path / "run").rglob("*.wandb"))
     assert logs, "offline W&B run wrote no log"
     blob = logs[0].read_bytes()
     assert b"0.000123" in blob and b"OPENAI_API_KEY" in blob  # the config, with the key's name only
+    (table,) = (tmp_path / "run").rglob("questions_*.table.json")
+    assert json.loads(table.read_text())["data"] == [["q-7", True]]
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
