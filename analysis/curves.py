@@ -109,6 +109,7 @@ def fit_slice(name: str, rows: list[dict], questions: dict, fcfg, seed: int) -> 
         if band is not None:
             bands[fam_name] = band
         families[fam_name] = _family_summary(f, boots, band, nxt, fcfg, rng)
+    add_delta_aic(families)
     summary = {"runs": len(rows), "budgets": sorted({int(r["synthetic_tokens"]) for r in rows}),
                "method": method,
                "bootstrap": {"iterations": fcfg.bootstrap_iterations,
@@ -163,15 +164,19 @@ def _finite(value) -> Optional[float]:
     return float(value) if np.isfinite(value) else None
 
 
+def add_delta_aic(families: dict) -> None:
+    """Each fitted family's AIC above the slice's lowest."""
+    fitted = [v for v in families.values() if "skipped" not in v]
+    for v in fitted:
+        v["delta_aic"] = v["aic"] - min(w["aic"] for w in fitted)
+
+
 def best_family(families: dict) -> Optional[dict]:
     """Lowest held-out extrapolation error where the slice has enough budgets for it, else the
     lowest AIC; with the family's prediction for the next budget."""
     fitted = {k: v for k, v in families.items() if "skipped" not in v}
     if not fitted:
         return None
-    min_aic = min(v["aic"] for v in fitted.values())
-    for v in fitted.values():
-        v["delta_aic"] = v["aic"] - min_aic
     with_heldout = {k: v for k, v in fitted.items() if "abs_error" in v["heldout"]}
     if with_heldout:
         name = min(with_heldout, key=lambda k: (with_heldout[k]["heldout"]["abs_error"],

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from entigraph.analysis.collect import (
     Results, add_run, check, config_row, read_runs, read_table, select)
-from entigraph.records import RECORD
 from entigraph.errors import EntigraphError
+from entigraph.records import RECORD
 
 WANDB, OPTUNA = "wandb:", "optuna:"
 
