@@ -92,8 +92,9 @@ def run_questions(run_dir: Path, protocol: str) -> dict[str, bool] | None:
     if not path.exists():
         return None
     lines = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    # correct is None for a question left out of the denominator (eval.cot.unparsed=drop).
     picked = {q["question_id"]: bool(q["correct"]) for q in lines
-              if q.get("protocol", "mc") == protocol}
+              if q.get("protocol", "mc") == protocol and q["correct"] is not None}
     return picked or None
 
 
