@@ -83,9 +83,11 @@ def _curve_probe(record, questions: list, cfg: DictConfig, on_eval: Optional[Cal
     (a sweep's pruner raises)."""
     from entigraph.evaluation import evaluate_questions
 
+    eval_cfg = OmegaConf.merge(cfg.eval, {"backend": "hf"})  # the model in memory, not a folder
+
     def probe(model, tokenizer, step: int) -> None:
         result = evaluate_questions(model, tokenizer, questions, Path(cfg.run_dir) / "eval_curve",
-                                    cfg.eval, limit=cfg.eval.every_limit, protocols=["mc"])
+                                    eval_cfg, limit=cfg.eval.every_limit, protocols=["mc"])
         accuracy = result["metrics"]["accuracy"]
         record.log(step, val_accuracy=accuracy)
         if on_eval:
