@@ -73,7 +73,7 @@ from entigraph import commands, training  # noqa: E402
 from entigraph.config import register_configs, validate  # noqa: E402
 from entigraph.models import load_model, load_tokenizer  # noqa: E402
 from entigraph.records import RunRecord  # noqa: E402
-from entigraph.token_data import gather, select_budget  # noqa: E402
+from entigraph.token_data import select_budget  # noqa: E402
 from entigraph.train_data import build_training_blocks, synthetic_tokens  # noqa: E402
 
 # The demo's model and data sizes (conf/demo.yaml), one epoch, no evaluation, no tracker.
@@ -221,16 +221,18 @@ def run_ours(cfg, run_dir: Path, round_: int, accum: int, pad_id: int) -> Row:
 
 
 class BlockDataset(torch.utils.data.Dataset):
-    """Our packed blocks as causal-LM examples: labels are the inputs (the model shifts them)."""
+    """Our packed blocks as causal-LM examples, read from the same index our loop reads (labels
+    are the inputs: the model shifts them)."""
 
-    def __init__(self, blocks: np.ndarray):
-        self.blocks = torch.from_numpy(blocks)
+    def __init__(self, data):
+        self.data = data
 
     def __len__(self) -> int:
-        return len(self.blocks)
+        return len(self.data)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+        block = torch.from_numpy(self.data.batch([i])[0])
+        return {"input_ids": block, "labels": block}
 
 
 def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int,
@@ -249,7 +251,7 @@ def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int,
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[],
         disable_tqdm=False, use_cpu=True, seed=cfg.seed, dataloader_num_workers=0,
         dataloader_pin_memory=False)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=BlockDataset(data.blocks),
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=BlockDataset(data),
                                    data_collator=transformers.default_data_collator)
     with probing(pad_id) as probe, contextlib.redirect_stdout(io.StringIO()):  # its final log
         t0 = time.perf_counter()
@@ -271,12 +273,14 @@ def check_blocks(cfg) -> dict:
     data = build_training_blocks(cfg.data, tokenizer, cache, cfg.seed, cfg.trainer.epochs)
     bs = cfg.data.block_size
     syn = synthetic_tokens(cfg.data, tokenizer, cache)
-    stream = gather(syn.tokens, select_budget(syn.offsets, cfg.data.synthetic_tokens, cfg.seed))
-    n = len(data.blocks)
-    assert data.blocks.shape == (n, bs) and not data.is_replay.any()
-    assert np.array_equal(data.blocks.ravel(), np.asarray(stream[: n * bs], dtype=np.int64)), \
+    spans = select_budget(syn.offsets, cfg.data.synthetic_tokens, cfg.seed)
+    stream = np.concatenate([syn.tokens[a:b] for a, b in spans])  # copied here, to compare
+    n = len(data)
+    blocks = data.batch(np.arange(n))
+    assert blocks.shape == (n, bs) and not data.is_replay.any()
+    assert np.array_equal(blocks.ravel(), np.asarray(stream[: n * bs], dtype=np.int64)), \
         "blocks are not the token stream cut into pieces"
-    eos = int((data.blocks == tokenizer.eos_token_id).sum())
+    eos = int((blocks == tokenizer.eos_token_id).sum())
     return {"blocks": n, "block_size": bs, "tokens": n * bs, "stream_tokens": len(stream),
             "pad_id": tokenizer.pad_token_id, "eos_id": tokenizer.eos_token_id,
             "eos_separators": eos, "padding": 0}

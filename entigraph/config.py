@@ -154,6 +154,12 @@ class TrainerConfig:
     log_every: int = knob(10, gt=0)
     # Steps between checkpoints (0: none); a rerun of the same run resumes from the last one.
     checkpoint_every: int = knob(100, ge=0)
+    # bf16 autocast (fp32 weights and optimizer) or plain fp32. auto: bf16 where the hardware
+    # computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX-BF16), else fp32.
+    precision: str = knob("auto", choices=["auto", "bf16", "fp32"])
+    # The attention kernel while training; auto keeps the model's own (sdpa). On a CPU in bf16,
+    # eager is faster for short blocks (128 tokens) and slower for long ones (1024): README.
+    attention: str = knob("auto", choices=["auto", "sdpa", "eager"])
 
     def check(self) -> None:
         if self.batch_size % self.micro_batch_size:

@@ -1,4 +1,4 @@
-"""Token arrays: each corpus tokenised once, a budget selected by index, blocks packed.
+"""Token arrays: each corpus tokenised once, a budget selected by index, blocks read by index.
 
 A token folder holds `tokens.bin` (all texts back to back, each followed by EOS), `offsets.npy`
 (text boundaries) and `manifest.json`, keyed by the source's content and the tokenizer, so no
@@ -103,14 +103,36 @@ def select_budget(offsets: np.ndarray, budget: int | None, seed: int) -> list[tu
     return spans
 
 
-def gather(tokens: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    return np.concatenate([tokens[a:b] for a, b in spans]) if spans else tokens[:0]
+@dataclass
+class TokenStream:
+    """Spans of a (memory-mapped) token array read back to back as one stream. Nothing is
+    copied: it holds two numbers per span, and `blocks` reads only the blocks asked for."""
+    tokens: np.ndarray
+    starts: np.ndarray  # where each span begins in `tokens`
+    cum: np.ndarray  # where each span begins in the stream; cum[-1] is the stream's length
 
+    @classmethod
+    def of(cls, tokens: np.ndarray, spans) -> "TokenStream":
+        spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+        return cls(tokens, spans[:, 0], np.concatenate([[0], np.cumsum(spans[:, 1] - spans[:, 0])]))
 
-def pack_blocks(stream: np.ndarray, block_size: int) -> np.ndarray:
-    """Cut a token stream into full blocks (no padding); the tail shorter than a block is dropped."""
-    n = len(stream) // block_size
-    return np.asarray(stream[: n * block_size], dtype=np.int64).reshape(n, block_size)
+    def __len__(self) -> int:
+        return int(self.cum[-1])
+
+    def n_blocks(self, block_size: int) -> int:
+        """Full blocks in the stream: packing has no padding, the tail under a block is dropped."""
+        return len(self) // block_size
+
+    def blocks(self, ids, block_size: int) -> np.ndarray:
+        """Blocks `ids` (block i = stream positions [i * block_size, (i + 1) * block_size)) as a
+        (len(ids), block_size) int64 array; a block may cross span boundaries."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) and not 0 <= ids.min() <= ids.max() < self.n_blocks(block_size):
+            raise IndexError(f"block ids outside 0..{self.n_blocks(block_size) - 1}")
+        positions = ids[:, None] * block_size + np.arange(block_size)
+        span = np.searchsorted(self.cum, positions, side="right") - 1
+        return np.asarray(self.tokens[self.starts[span] + positions - self.cum[span]],
+                          dtype=np.int64)
 
 
 def replay_block_count(synthetic_blocks: int, mixing_ratio: float) -> int:
@@ -118,12 +140,12 @@ def replay_block_count(synthetic_blocks: int, mixing_ratio: float) -> int:
     return round(synthetic_blocks * mixing_ratio / (1.0 - mixing_ratio))
 
 
-def sample_replay_blocks(replay: np.ndarray, block_size: int, count: int, seed: int) -> np.ndarray:
-    """`count` distinct replay blocks (repeating only when the replay corpus is too small)."""
-    blocks = pack_blocks(replay, block_size)
-    if len(blocks) == 0 and count:
+def sample_replay_blocks(replay: TokenStream, block_size: int, count: int, seed: int) -> np.ndarray:
+    """Ids of `count` distinct replay blocks (repeating only when the replay corpus is too small)."""
+    available = replay.n_blocks(block_size)
+    if available == 0 and count:
         raise ConfigError(f"config: data.replay_path holds fewer than data.block_size={block_size} "
                           f"tokens; give a larger replay corpus")
     rng = np.random.default_rng(seed)
-    picks = np.concatenate([rng.permutation(len(blocks)) for _ in range(-(-count // max(len(blocks), 1)))])
-    return blocks[picks[:count]] if count else blocks[:0]
+    picks = [rng.permutation(available) for _ in range(-(-count // max(available, 1)))]
+    return np.concatenate([*picks, np.zeros(0, np.int64)])[:count]

@@ -13,21 +13,41 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from entigraph.errors import ConfigError, CorpusError
 from entigraph.models import tokenizer_fingerprint
 from entigraph.synthesis import MANIFEST, read_corpus, require_complete
-from entigraph.token_data import (cache_key, gather, pack_blocks, replay_block_count,
-                                  sample_replay_blocks, select_budget, tokenize_once)
+from entigraph.token_data import (TokenStream, cache_key, replay_block_count, sample_replay_blocks,
+                                  select_budget, tokenize_once)
 
 
 @dataclass
 class TrainingBlocks:
-    blocks: np.ndarray  # (n, block_size) int64
+    """A run's training blocks as an index into the memory-mapped token arrays: block i is block
+    ids[i] of the replay stream where is_replay[i], else of the synthetic stream. Tokens are read
+    per batch; none is copied before."""
+    synthetic: TokenStream
+    replay: Optional[TokenStream]
+    block_size: int
+    ids: np.ndarray  # (n,) int64
     is_replay: np.ndarray  # (n,) bool
     derived: dict
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows) -> np.ndarray:
+        """Training blocks `rows` as a (len(rows), block_size) int64 array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.block_size), dtype=np.int64)
+        replay = self.is_replay[rows]
+        out[~replay] = self.synthetic.blocks(self.ids[rows[~replay]], self.block_size)
+        if replay.any():
+            out[replay] = self.replay.blocks(self.ids[rows[replay]], self.block_size)
+        return out
 
 
 def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
@@ -74,29 +94,31 @@ def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epoc
         raise ConfigError(f"config: data.mixing_ratio={data_cfg.mixing_ratio} needs a replay "
                           f"corpus; set data.replay_path or data.mixing_ratio=0")
     syn = synthetic_tokens(data_cfg, tokenizer, cache_root)
-    spans = select_budget(syn.offsets, data_cfg.synthetic_tokens, seed)
-    syn_blocks = pack_blocks(gather(syn.tokens, spans), data_cfg.block_size)
-    if len(syn_blocks) == 0:
-        raise ConfigError(f"config: data.synthetic_tokens={data_cfg.synthetic_tokens} is less "
-                          f"than one block (data.block_size={data_cfg.block_size})")
-    if data_cfg.mixing_mode == "replace":  # the reference: each block swapped with probability r
-        swapped = np.random.default_rng([seed, 1]).random(len(syn_blocks)) < data_cfg.mixing_ratio
-        syn_blocks, n_replay = syn_blocks[~swapped], int(swapped.sum())
-    else:
-        n_replay = replay_block_count(len(syn_blocks), data_cfg.mixing_ratio)
-    replay = (sample_replay_blocks(replay_tokens(data_cfg, tokenizer, cache_root).tokens,
-                                   data_cfg.block_size, n_replay, seed)
-              if n_replay else syn_blocks[:0])
     bs = data_cfg.block_size
+    stream = TokenStream.of(syn.tokens, select_budget(syn.offsets, data_cfg.synthetic_tokens, seed))
+    syn_ids = np.arange(stream.n_blocks(bs))
+    if len(syn_ids) == 0:
+        raise ConfigError(f"config: data.synthetic_tokens={data_cfg.synthetic_tokens} is less "
+                          f"than one block (data.block_size={bs})")
+    if data_cfg.mixing_mode == "replace":  # the reference: each block swapped with probability r
+        swapped = np.random.default_rng([seed, 1]).random(len(syn_ids)) < data_cfg.mixing_ratio
+        syn_ids, n_replay = syn_ids[~swapped], int(swapped.sum())
+    else:
+        n_replay = replay_block_count(len(syn_ids), data_cfg.mixing_ratio)
+    replay, replay_ids = None, syn_ids[:0]
+    if n_replay:
+        tokens = replay_tokens(data_cfg, tokenizer, cache_root).tokens
+        replay = TokenStream.of(tokens, [(0, len(tokens))])
+        replay_ids = sample_replay_blocks(replay, bs, n_replay, seed)
     derived = {
         "corpus_tokens_available": syn.n_tokens,
-        "synthetic_tokens_selected": sum(b - a for a, b in spans),
-        "synthetic_tokens_trained": len(syn_blocks) * bs,  # the tail under one block is dropped
-        "synthetic_blocks": len(syn_blocks),
+        "synthetic_tokens_selected": len(stream),
+        "synthetic_tokens_trained": len(syn_ids) * bs,  # the tail under one block is dropped
+        "synthetic_blocks": len(syn_ids),
         "replay_blocks": n_replay,
-        "tokens_seen_synthetic": len(syn_blocks) * bs * epochs,
+        "tokens_seen_synthetic": len(syn_ids) * bs * epochs,
         "tokens_seen_replay": n_replay * bs * epochs,
-        "replay_share": n_replay / (n_replay + len(syn_blocks)),
+        "replay_share": n_replay / (n_replay + len(syn_ids)),
     }
-    return TrainingBlocks(np.concatenate([syn_blocks, replay]),
-                          np.r_[np.zeros(len(syn_blocks), bool), np.ones(n_replay, bool)], derived)
+    return TrainingBlocks(stream, replay, bs, np.concatenate([syn_ids, replay_ids]),
+                          np.r_[np.zeros(len(syn_ids), bool), np.ones(n_replay, bool)], derived)

@@ -31,8 +31,9 @@ CHECKPOINT = "checkpoint"
 # Peak dense bf16 FLOP/s of known accelerators, for model FLOPs utilisation.
 PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 125e12}
 # Keys that change what a checkpoint means; logging and checkpoint cadence do not.
+# Precision and attention kernel too: a run resumed with others would not end as it would have.
 RESUME_KEYS = ("seed", "data", "model", "optim", "trainer.epochs", "trainer.batch_size",
-               "synthesis.output_dir")
+               "trainer.precision", "trainer.attention", "synthesis.output_dir")
 
 
 def gradient_accumulation(trainer_cfg, num_processes: int) -> int:
@@ -42,6 +43,20 @@ def gradient_accumulation(trainer_cfg, num_processes: int) -> int:
         raise ConfigError(f"config: trainer.batch_size={trainer_cfg.batch_size} is not a multiple of "
                           f"trainer.micro_batch_size x devices = {per_step}; change either")
     return trainer_cfg.batch_size // per_step
+
+
+def resolve_precision(precision: str) -> str:
+    """trainer.precision as "bf16" or "fp32": auto is bf16 where the hardware computes it
+    natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX-BF16, where bf16 matrix
+    multiplies run faster than fp32 ones; elsewhere torch would emulate them, slower)."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    capabilities = torch.cpu.get_capabilities()
+    return "bf16" if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16") else "fp32"
 
 
 def _param_groups(model, weight_decay: float):
@@ -114,8 +129,9 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
 
     run_dir = Path(cfg.run_dir)
     accum = gradient_accumulation(cfg.trainer, PartialState().num_processes)
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no")
+    precision = resolve_precision(cfg.trainer.precision)
+    # bf16 is autocast: weights, gradients and optimizer state stay fp32.
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
     checkpoint = run_dir / CHECKPOINT
     state = (json.loads((checkpoint / "trainer_state.json").read_text())
              if (checkpoint / "trainer_state.json").exists() else None)
@@ -125,13 +141,15 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     with accelerator.main_process_first():
         data = build_training_blocks(cfg.data, tokenizer, Path(cfg.paths.root) / "tokens",
                                      cfg.seed, cfg.trainer.epochs)
-    blocks, is_replay = torch.from_numpy(data.blocks), data.is_replay
     model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
     model.config.use_cache = False  # no key/value cache is needed while training
+    attention = model.config._attn_implementation  # restored for evaluation after training
+    if cfg.trainer.attention != "auto":
+        model.set_attn_implementation(cfg.trainer.attention)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2))
-    steps_per_epoch = math.ceil(len(blocks) / cfg.trainer.batch_size)
+    steps_per_epoch = math.ceil(len(data) / cfg.trainer.batch_size)
     total_steps = steps_per_epoch * cfg.trainer.epochs
     scheduler = get_scheduler(cfg.optim.schedule, optimizer,
                               num_warmup_steps=math.ceil(cfg.optim.warmup_ratio * total_steps),
@@ -146,7 +164,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     record.set_derived(**data.derived, steps=total_steps, steps_per_epoch=steps_per_epoch,
                        gradient_accumulation=accum, devices=accelerator.num_processes,
                        global_batch_tokens=cfg.trainer.batch_size * cfg.data.block_size,
-                       parameters=n_params, resumed_from_step=step)
+                       parameters=n_params, precision=precision, resumed_from_step=step)
 
     if probe and accelerator.num_processes > 1:
         log.warning("eval.every_steps: evaluation during training runs on one process only; "
@@ -161,7 +179,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
-            order_epoch, order = epoch, epoch_order(len(blocks), cfg.seed, epoch)
+            order_epoch, order = epoch, epoch_order(len(data), cfg.seed, epoch)
         batch = order[in_epoch * cfg.trainer.batch_size:(in_epoch + 1) * cfg.trainer.batch_size]
         mine = batch[rank::world]  # this device's share of the global batch
         micro = [mine[i:i + cfg.trainer.micro_batch_size]
@@ -171,7 +189,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
             # Gradients are synchronised across devices only on the last micro-batch.
             sync = nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
             with sync:
-                inputs = blocks[idx].to(accelerator.device)
+                inputs = torch.from_numpy(data.batch(idx)).to(accelerator.device)
                 loss = model(input_ids=inputs, labels=inputs).loss * (len(idx) / len(mine))
                 accelerator.backward(loss)
             loss_sum += loss.item()
@@ -181,7 +199,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
         scheduler.step()
         optimizer.zero_grad()
         step += 1
-        n_replay = int(is_replay[batch].sum())
+        n_replay = int(data.is_replay[batch].sum())
         seen["replay"] += n_replay * bs
         seen["synthetic"] += (len(batch) - n_replay) * bs
         interval_tokens += len(batch) * bs
@@ -203,7 +221,10 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
             _save_checkpoint(accelerator, run_dir, step, seen, loss_sum, cfg)
     bar.close()
     accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
+    # Evaluation after training sees the model as `entigraph eval` loads it from disk: without
+    # the bf16 autocast wrapper and with the model's own attention kernel.
+    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    unwrapped.set_attn_implementation(attention)
     # get_state_dict gathers a sharded (FSDP) model; only the main process writes.
     unwrapped.save_pretrained(run_dir / "model", is_main_process=accelerator.is_main_process,
                               save_function=accelerator.save,

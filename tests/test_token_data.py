@@ -2,14 +2,19 @@ import numpy as np
 import pytest
 
 from entigraph.errors import ConfigError
-from entigraph.token_data import (gather, pack_blocks, replay_block_count, sample_replay_blocks,
-                                  select_budget, tokenize_once, load_tokens)
+from entigraph.token_data import (TokenStream, load_tokens, replay_block_count,
+                                  sample_replay_blocks, select_budget, tokenize_once)
 
 OFFSETS = np.array([0, 5, 12, 20, 23, 40, 41, 60])
 
 
 def span_tokens(spans):
     return sum(b - a for a, b in spans)
+
+
+def gather(tokens, spans):
+    """The selected stream copied out: what the index must read the same as."""
+    return np.concatenate([tokens[a:b] for a, b in spans])
 
 
 @pytest.mark.parametrize("budget", [1, 7, 30, 60])
@@ -35,8 +40,33 @@ def test_budget_larger_than_corpus_names_what_is_there():
 
 
 def test_packing_has_no_padding_and_drops_only_the_tail():
-    blocks = pack_blocks(np.arange(10), 4)
-    assert blocks.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    stream = TokenStream.of(np.arange(10), [(0, 10)])
+    assert stream.n_blocks(4) == 2
+    assert stream.blocks([0, 1], 4).tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    with pytest.raises(IndexError):
+        stream.blocks([2], 4)  # the tail is not a block
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 8, 17])
+def test_blocks_read_by_index_equal_the_gathered_stream_cut_into_blocks(tmp_path, block_size):
+    path = tmp_path / "tokens.bin"
+    np.arange(1000, 1060, dtype=np.uint16).tofile(path)
+    tokens = np.memmap(path, dtype=np.uint16, mode="r")
+    spans = select_budget(OFFSETS, 55, seed=5)
+    stream = TokenStream.of(tokens, spans)
+    packed = gather(tokens, spans)[: 55 // block_size * block_size].reshape(-1, block_size)
+    ids = np.random.default_rng(0).permutation(stream.n_blocks(block_size))
+    blocks = stream.blocks(ids, block_size)
+    assert blocks.dtype == np.int64 and np.array_equal(blocks, packed[ids])
+
+
+def test_a_selected_budget_holds_no_tokens(tmp_path):
+    tokenize_once(lambda: ["abcdefgh" * 100] * 50, CharTokenizer(), tmp_path / "tok", {})
+    arrays = load_tokens(tmp_path / "tok")
+    stream = TokenStream.of(arrays.tokens, select_budget(arrays.offsets, 30000, seed=0))
+    assert stream.tokens is arrays.tokens and isinstance(stream.tokens, np.memmap)
+    # Two numbers per selected text, whatever the budget's size in tokens.
+    assert stream.starts.nbytes + stream.cum.nbytes <= 16 * (len(arrays.offsets) + 1)
 
 
 @pytest.mark.parametrize("ratio,expected", [(0.0, 0), (0.1, 11), (0.5, 100)])
@@ -45,9 +75,16 @@ def test_replay_blocks_make_up_the_mixing_ratio(ratio, expected):
 
 
 def test_replay_blocks_are_distinct_until_the_corpus_runs_out():
-    blocks = sample_replay_blocks(np.arange(40), 4, 10, seed=0)
-    assert len({tuple(b) for b in blocks}) == 10
-    assert len(sample_replay_blocks(np.arange(40), 4, 25, seed=0)) == 25
+    replay = TokenStream.of(np.arange(40), [(0, 40)])
+    assert sorted(sample_replay_blocks(replay, 4, 10, seed=0)) == list(range(10))
+    more = sample_replay_blocks(replay, 4, 25, seed=0)
+    assert len(more) == 25 and sorted(np.bincount(more)) == [2] * 5 + [3] * 5
+    assert len(sample_replay_blocks(replay, 4, 0, seed=0)) == 0
+
+
+def test_a_replay_corpus_under_one_block_is_refused():
+    with pytest.raises(ConfigError, match="fewer than data.block_size=64"):
+        sample_replay_blocks(TokenStream.of(np.arange(40), [(0, 40)]), 64, 1, seed=0)
 
 
 class CharTokenizer:

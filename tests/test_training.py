@@ -4,9 +4,13 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli import entigraph
+from entigraph.models import load_tokenizer
+from entigraph.token_data import select_budget
+from entigraph.train_data import build_training_blocks, replay_tokens, synthetic_tokens
 
 pytestmark = pytest.mark.slow
 SMALL = ["model.hidden_size=64", "model.num_heads=2", "data.block_size=64",
@@ -20,17 +24,28 @@ def root(generated_root):
     return generated_root
 
 
+def write_replay(path: Path) -> Path:
+    path.write_text("".join(json.dumps({"text": f"Generic text number {i} about the weather "
+                                                f"and the markets of the world. " * 20}) + "\n"
+                            for i in range(50)))
+    return path
+
+
 def only_record(runs: Path) -> tuple[Path, dict]:
     (path,) = runs.rglob("record.json")
     return path.parent, json.loads(path.read_text())
 
 
-def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_path):
-    straight = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/a", *SMALL, cwd=root)
+# bf16 is autocast on CPUs too (emulated where the CPU lacks bf16 instructions, but it runs).
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_path, precision):
+    args = [*SMALL, f"trainer.precision={precision}"]
+    straight = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/a", *args, cwd=root)
     assert straight.returncode == 0, straight.stderr[-2000:]
     _, reference = only_record(tmp_path / "a")
+    assert reference["derived"]["precision"] == precision
 
-    proc = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/b", *SMALL,
+    proc = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/b", *args,
                      cwd=root, wait=False)
     deadline = time.monotonic() + 300
     state = None
@@ -44,11 +59,12 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_pa
     proc.wait()
     assert state and state["step"] < reference["derived"]["steps"], "killed too late to test"
 
-    resumed = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/b", *SMALL, cwd=root)
+    resumed = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/b", *args, cwd=root)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     run_dir, record = only_record(tmp_path / "b")
     assert record["status"] == "completed" and record["derived"]["resumed_from_step"] >= 10
-    # Tolerance: CPU training is deterministic here; allow float noise of 1e-5 in the loss.
+    # Tolerance: CPU training is deterministic here, in bf16 as in fp32 (the same kernels on the
+    # same inputs); allow float noise of 1e-5 in the loss.
     assert record["metrics"]["train_loss"] == pytest.approx(reference["metrics"]["train_loss"],
                                                             abs=1e-5)
     assert [h["step"] for h in record["history"]] == list(range(1, record["derived"]["steps"] + 1))
@@ -58,7 +74,9 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_pa
     assert not (run_dir / "checkpoint").exists()
 
 
-def test_checkpoint_from_a_different_config_is_refused(root, tmp_path):
+@pytest.mark.parametrize("change,key", [("optim.weight_decay=0.5", "optim"),
+                                        ("trainer.precision=fp32", "trainer.precision")])
+def test_checkpoint_from_a_different_config_is_refused(root, tmp_path, change, key):
     proc = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}", *SMALL, cwd=root,
                      wait=False)
     deadline = time.monotonic() + 300
@@ -67,17 +85,39 @@ def test_checkpoint_from_a_different_config_is_refused(root, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     out = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}", *SMALL,
-                    "optim.weight_decay=0.5", cwd=root)
+                    change, cwd=root)
     assert out.returncode == 2
-    assert "made with different optim" in out.stderr and out.stderr.strip().count("\n") == 0
+    assert f"made with different {key}" in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_instructions():
+    import torch
+
+    from entigraph.training import resolve_precision
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if torch.cuda.is_available() or not cpuinfo.exists():
+        pytest.skip("checked against the flags Linux reports for a CPU-only machine")
+    flags = set(cpuinfo.read_text().split())
+    assert resolve_precision("auto") == ("bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+
+
+def test_bf16_training_computes_in_bf16_and_ends_near_fp32(root, tmp_path):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        out = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/{precision}",
+                        *SMALL, "trainer.epochs=1", "data.synthetic_tokens=10000",
+                        f"trainer.precision={precision}", cwd=root)
+        assert out.returncode == 0, out.stderr[-2000:]
+        losses[precision] = only_record(tmp_path / precision)[1]["metrics"]["train_loss"]
+    # bf16 arithmetic changes the loss (the knob is not ignored), but only by rounding noise.
+    assert 1e-5 < abs(losses["bf16"] - losses["fp32"]) < 0.05 * losses["fp32"]
 
 
 @pytest.mark.parametrize("mode,replay_share", [("add", 0.25), ("replace", 0.25)])
 def test_mixing_logs_tokens_of_each_source(root, tmp_path, mode, replay_share):
-    replay = tmp_path / "replay.jsonl"
-    replay.write_text("".join(json.dumps({"text": f"Generic text number {i} about the weather "
-                                                  f"and the markets of the world. " * 20}) + "\n"
-                              for i in range(50)))
+    replay = write_replay(tmp_path / "replay.jsonl")
     out = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/runs", *SMALL,
                     "trainer.epochs=1", f"data.mixing_ratio={replay_share}",
                     f"data.mixing_mode={mode}", f"data.replay_path={replay}", cwd=root)
@@ -89,3 +129,33 @@ def test_mixing_logs_tokens_of_each_source(root, tmp_path, mode, replay_share):
     assert derived["replay_share"] == pytest.approx(replay_share, abs=0.1)
     if mode == "add":  # every synthetic block is still trained on
         assert derived["synthetic_tokens_trained"] == 40000 // 64 * 64
+
+
+def packed(tokens: np.ndarray, block_size: int) -> np.ndarray:
+    """A token stream copied out and cut into full blocks: what the index must read the same as."""
+    return np.asarray(tokens[: len(tokens) // block_size * block_size]).reshape(-1, block_size)
+
+
+@pytest.mark.parametrize("mode", ["add", "replace"])
+def test_blocks_read_by_index_are_the_selected_stream_and_replay_cut_into_blocks(
+        root, tmp_path, compose, mode):
+    cfg = compose("train", [f"paths.root={root}", *SMALL, "data.mixing_ratio=0.25",
+                            f"data.mixing_mode={mode}",
+                            f"data.replay_path={write_replay(tmp_path / 'replay.jsonl')}"])
+    tokenizer, cache, bs = load_tokenizer(cfg.model, cfg.data.corpus_dir), tmp_path / "tokens", 64
+    data = build_training_blocks(cfg.data, tokenizer, cache, cfg.seed, epochs=1)
+    syn = synthetic_tokens(cfg.data, tokenizer, cache)
+    spans = select_budget(syn.offsets, 40000, cfg.seed)
+    synthetic = packed(np.concatenate([syn.tokens[a:b] for a, b in spans]), bs)
+    replay = packed(replay_tokens(cfg.data, tokenizer, cache).tokens, bs)
+    blocks, is_replay = data.batch(np.arange(len(data))), data.is_replay
+    kept = data.ids[~is_replay]
+    assert np.array_equal(blocks[~is_replay], synthetic[kept])
+    assert np.array_equal(blocks[is_replay], replay[data.ids[is_replay]])
+    assert len(set(data.ids[is_replay])) == is_replay.sum() == data.derived["replay_blocks"] > 0
+    if mode == "add":  # every synthetic block, in order; replace drops the swapped ones
+        assert kept.tolist() == list(range(len(synthetic)))
+    else:
+        assert np.all(np.diff(kept) > 0) and len(kept) + is_replay.sum() == len(synthetic)
+    # Nothing was copied: both streams read the token caches' memory maps.
+    assert isinstance(data.synthetic.tokens, np.memmap) and isinstance(data.replay.tokens, np.memmap)
