@@ -34,9 +34,16 @@ benchmark checks that the blocks are exactly the selected token stream cut into 
 (so every position is a real token), and counts positions in the batches actually fed that carry
 an attention mask of 0 or a label of -100 (none is passed, so none can be padding).
 
-Ends with one line: RESULT speedup_vs_trainer=<x> padding_share=<x>
+Precision: ours runs with trainer.precision=auto, i.e. bf16 autocast on a CPU with bf16
+instructions (this one), and `--attention` (default eager). Two Trainers run beside it: "Trainer"
+as a user gets it by default (fp32, the model's default sdpa attention) for the headline, and
+"Trainer/same" with bf16=True and our attention kernel, for `speedup_same_precision`: the gain
+that is the loop's own rather than the settings'.
 
-    .venv/bin/python benchmarks/training.py [--tokens 65536] [--repeats 3] [--accum 2] [--profile]
+Ends with one line: RESULT speedup_vs_trainer=<x> padding_share=<x> speedup_same_precision=<x>
+
+    .venv/bin/python benchmarks/training.py [--tokens 65536] [--repeats 3] [--accum 2]
+        [--attention eager|sdpa|auto] [--fused] [--profile]
 """
 from __future__ import annotations
 
@@ -66,6 +73,7 @@ os.environ.setdefault("TQDM_MININTERVAL", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from accelerate.state import AcceleratorState  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 from transformers import LlamaForCausalLM  # noqa: E402
 
@@ -194,10 +202,14 @@ class Row:
 
 # ---- the two trainers
 
-def train_cfg(root: Path, tokens: int, micro: int, runs: Path):
+# The Trainer as a user gets it by default, and in our run's precision and attention kernel.
+OTHERS = ["Trainer", "Trainer/same"]
+
+def train_cfg(root: Path, tokens: int, micro: int, runs: Path, attention: str):
     return compose("train", [f"paths.root={root}", f"paths.runs={runs}", *DEMO,
                              f"data.synthetic_tokens={tokens}",
-                             f"trainer.micro_batch_size={micro}"])
+                             f"trainer.micro_batch_size={micro}",
+                             f"trainer.attention={attention}"])
 
 
 def run_ours(cfg, run_dir: Path, round_: int, accum: int, pad_id: int) -> Row:
@@ -206,6 +218,9 @@ def run_ours(cfg, run_dir: Path, round_: int, accum: int, pad_id: int) -> Row:
     cfg = copy.deepcopy(cfg)
     cfg.run_dir = str(run_dir)
     record = RunRecord(run_dir, "train")
+    # The Trainer runs in this process leave accelerate's process-wide state at their precision;
+    # clear it as the Trainer itself does, so train() sets its own.
+    AcceleratorState._reset_state()
     with probing(pad_id) as probe:
         t0 = time.perf_counter()
         training.train(cfg, record)
@@ -235,19 +250,26 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": block, "labels": block}
 
 
-def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int,
-                optim: str = "adamw_torch") -> Row:
+def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int, path: str) -> Row:
+    """path: "Trainer" as a user gets it by default (fp32, the model's attention kernel),
+    "Trainer/same" in our run's precision and attention kernel, "Trainer/fused" with
+    optim=adamw_torch_fused."""
     tokenizer = load_tokenizer(cfg.model, cfg.data.corpus_dir)
     data = build_training_blocks(cfg.data, tokenizer, Path(cfg.paths.root) / "tokens", cfg.seed,
                                  cfg.trainer.epochs)
     model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
+    same = path == "Trainer/same"
+    if same and cfg.trainer.attention != "auto":
+        model.set_attn_implementation(cfg.trainer.attention)
     args = transformers.TrainingArguments(
         output_dir=str(out_dir), per_device_train_batch_size=cfg.trainer.micro_batch_size,
         gradient_accumulation_steps=accum, num_train_epochs=cfg.trainer.epochs,
         learning_rate=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
         adam_beta1=cfg.optim.beta1, adam_beta2=cfg.optim.beta2,
         warmup_steps=cfg.optim.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        lr_scheduler_type=cfg.optim.schedule, max_grad_norm=cfg.optim.grad_clip, optim=optim,
+        lr_scheduler_type=cfg.optim.schedule, max_grad_norm=cfg.optim.grad_clip,
+        optim="adamw_torch_fused" if path == "Trainer/fused" else "adamw_torch",
+        bf16=same and training.resolve_precision(cfg.trainer.precision) == "bf16",
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[],
         disable_tqdm=False, use_cpu=True, seed=cfg.seed, dataloader_num_workers=0,
         dataloader_pin_memory=False)
@@ -257,7 +279,7 @@ def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int,
         t0 = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - t0
-    return Row("Trainer" if optim == "adamw_torch" else "Trainer/fused", round_,
+    return Row(path, round_,
                cfg.trainer.micro_batch_size, accum, len(probe.step_times), probe.tokens,
                probe.padded, probe.loop_s, probe.median_step_s, probe.cpu_share, wall,
                output.metrics["train_runtime"],
@@ -338,6 +360,9 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=2,
                         help="also run micro 16/accum with accumulation (0: skip)")
     parser.add_argument("--accum-repeats", type=int, default=2)
+    parser.add_argument("--attention", default="eager", choices=["auto", "sdpa", "eager"],
+                        help="trainer.attention for ours and Trainer/same (eager: the faster "
+                             "kernel for 128-token blocks in bf16 on this CPU)")
     parser.add_argument("--fused", action="store_true",
                         help="also run the Trainer with its default optimiser (adamw_torch_fused)")
     parser.add_argument("--profile", action="store_true", help="cProfile one run of ours")
@@ -350,7 +375,7 @@ def main() -> None:
         with contextlib.redirect_stdout(io.StringIO()):
             commands.generate(compose("generate", [f"paths.root={root}",
                                                    "tracker.mode=disabled"]))
-        cfg16 = train_cfg(root, args.tokens, 16, Path(tmp) / "runs")
+        cfg16 = train_cfg(root, args.tokens, 16, Path(tmp) / "runs", args.attention)
         blocks = check_blocks(cfg16)
         pad_id = blocks["pad_id"]
         n = 0
@@ -360,29 +385,28 @@ def main() -> None:
             n += 1
             rows.append(run_ours(cfg, Path(tmp) / "runs" / f"ours-{n}", round_, accum, pad_id))
 
-        def theirs(cfg, round_, accum, optim="adamw_torch"):
+        def theirs(cfg, round_, accum, path):
             nonlocal n
             n += 1
             rows.append(run_trainer(cfg, Path(tmp) / f"trainer-{n}", round_, accum, pad_id,
-                                    optim))
+                                    path))
 
-        # round 0: warm-up (one-off lazy initialisation), not counted
-        ours(cfg16, 0, 1)
-        theirs(cfg16, 0, 1)
-        for k in range(1, args.repeats + 1):
-            pair = [lambda: ours(cfg16, k, 1), lambda: theirs(cfg16, k, 1)]
-            if args.fused:
-                pair.append(lambda: theirs(cfg16, k, 1, "adamw_torch_fused"))
-            for run in (pair if k % 2 else pair[::-1]):
+        def round_of(cfg, k, accum, paths):
+            """ours and each Trainer variant once, in reversed order every other round."""
+            runs = [lambda: ours(cfg, k, accum)] + [lambda p=p: theirs(cfg, k, accum, p)
+                                                    for p in paths]
+            for run in (runs if k % 2 else runs[::-1]):
                 run()
+
+        paths = OTHERS + (["Trainer/fused"] if args.fused else [])
+        round_of(cfg16, 0, 1, paths)  # round 0: warm-up (one-off lazy initialisation), not counted
+        for k in range(1, args.repeats + 1):
+            round_of(cfg16, k, 1, paths)
         if args.accum:
             micro = 16 // args.accum
-            cfg_acc = train_cfg(root, args.tokens, micro, Path(tmp) / "runs")
+            cfg_acc = train_cfg(root, args.tokens, micro, Path(tmp) / "runs", args.attention)
             for k in range(1, args.accum_repeats + 1):
-                pair = [lambda: ours(cfg_acc, k, args.accum),
-                        lambda: theirs(cfg_acc, k, args.accum)]
-                for run in (pair if k % 2 else pair[::-1]):
-                    run()
+                round_of(cfg_acc, k, args.accum, OTHERS)
         if args.profile:
             profile_ours(cfg16, Path(tmp) / "runs", pad_id)
 
@@ -391,6 +415,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads; demo tiny Llama, block {blocks['block_size']}, "
           f"batch 16, 1 epoch on {args.tokens} synthetic tokens; round 0 is a warm-up")
+    print(f"ours: trainer.precision={cfg16.trainer.precision} (here "
+          f"{training.resolve_precision(cfg16.trainer.precision)}), trainer.attention="
+          f"{args.attention}; Trainer: its defaults (fp32, the model's attention kernel); "
+          f"Trainer/same: bf16=ours, ours' attention kernel")
     print(f"blocks: {blocks['blocks']} x {blocks['block_size']} = {blocks['tokens']} tokens, "
           f"exactly the selected stream of {blocks['stream_tokens']} tokens cut into pieces; "
           f"{blocks['eos_separators']} of them are EOS document separators (EOS = pad id "
@@ -409,9 +437,8 @@ def main() -> None:
     print()
     print("padding share of the tokens fed: "
           + ", ".join(f"{path} {share:.4f}" for path, share in shares.items()))
-    others = ["Trainer", "Trainer/fused"] if args.fused else ["Trainer"]
     for micro in sorted({r.micro for r in measured}, reverse=True):
-        for other in others:
+        for other in paths:
             if not any(r.path == other and r.micro == micro for r in measured):
                 continue
             for rate, name in (("tps", "loop tok/s"), ("step_tps", "median-step tok/s")):
@@ -423,7 +450,9 @@ def main() -> None:
                       f"{o / t:.3f})")
     print(f"total benchmark time {total:.0f} s")
     speedup = statistics.median(paired_ratios(rows, 16))
-    print(f"RESULT speedup_vs_trainer={speedup:.3f} padding_share={shares['ours']:.4f}")
+    same = statistics.median(paired_ratios(rows, 16, "Trainer/same"))
+    print(f"RESULT speedup_vs_trainer={speedup:.3f} padding_share={shares['ours']:.4f} "
+          f"speedup_same_precision={same:.3f}")
 
 
 if __name__ == "__main__":
