@@ -23,6 +23,8 @@ from entigraph.sweeps.storage import open_storage, shown
 
 # What the cap counts: trials finished or under way (a stale running trial is failed first).
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# A worker whose trials keep failing (a bad value in the space, no disk) stops instead of looping.
+MAX_FAILURES_IN_A_ROW = 3
 
 
 def check_objective(cfg: DictConfig) -> None:
@@ -69,7 +71,7 @@ def trial_config(cfg: DictConfig, trial: optuna.Trial, params: dict) -> DictConf
     from entigraph.sweeps.grid import with_overrides
 
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    number = optuna.storages.RetryFailedTrialCallback.retried_trial_number(frozen)
+    number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     run_dir = Path(cfg.sweep.dir) / "trials" / f"{trial.number if number is None else number:04d}"
     point = with_overrides(cfg, {**params, "command": "train", "run_dir": str(run_dir)},
                            "sweep.space")
@@ -104,20 +106,28 @@ def counted(study: optuna.Study) -> int:
 
 def run_worker(cfg: DictConfig) -> dict:
     """Run trials until the study holds sweep.optuna.n_trials; write the summary after each."""
+    from entigraph.synthesis import require_complete
+
     check_objective(cfg)
     space = search_space(cfg)  # every key and range checked before the storage is touched
     study = open_study(cfg)
-    cap, worker = cfg.sweep.optuna.n_trials, cfg.sweep.worker
+    require_complete(cfg.data.corpus_dir)
+    cap, worker, failures = cfg.sweep.optuna.n_trials, cfg.sweep.worker, 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        while True:
+        while failures < MAX_FAILURES_IN_A_ROW:
             optuna.storages.fail_stale_trials(study)  # before counting: a dead worker's trial
             if counted(study) >= cap:
                 break
             study.optimize(objective(cfg, space), n_trials=1, catch=(Exception,))
+            last = study.get_trials(deepcopy=False)[-1]
+            failures = failures + 1 if last.state == TrialState.FAIL else 0
             summary = write_summary(study, cfg)
             print(f"[search {cfg.sweep.name} worker {worker}] {summary['finished']}/{cap} trials "
                   f"finished; best validation accuracy {summary['best_value']}", flush=True)
+    if failures:
+        raise ConfigError(f"search {cfg.sweep.name}: {failures} trials in a row failed; see "
+                          f"the error in their record.json under {Path(cfg.sweep.dir) / 'trials'}")
     return {"status": "completed", **write_summary(study, cfg)}
 
 

@@ -1,15 +1,18 @@
 """Where an Optuna study lives: an RDB URL (SQLite on one machine, PostgreSQL across machines) or a
 journal file (several workers on one machine, no server). Either way a worker records a
 heartbeat while it runs a trial, and a trial whose worker stopped beating is failed and retried
-(`RetryFailedTrialCallback`), so a dead worker leaves no trial stuck running."""
+(`RetryHeartbeatStaleTrialCallback`), so a dead worker leaves no trial stuck running."""
 from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import (BaseStorage, JournalStorage, RDBStorage,
+                             RetryHeartbeatStaleTrialCallback)
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -66,8 +69,15 @@ def _engine_kwargs(url: str) -> dict:
 def open_storage(storage: str, spec) -> BaseStorage:
     """The study storage named by sweep.optuna.storage, reached now so a bad one fails before
     any trial starts."""
+    with warnings.catch_warnings():  # heartbeats are experimental in Optuna 5, and meant for this
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return _open(storage, spec)
+
+
+def _open(storage: str, spec) -> BaseStorage:
     grace_s = spec.grace_s or 2 * spec.heartbeat_s
-    retry = RetryFailedTrialCallback(max_retry=spec.max_retry, inherit_intermediate_values=True)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retry,
+                                             inherit_intermediate_values=True)
     if not is_url(storage):
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         return HeartbeatJournalStorage(storage, spec.heartbeat_s, grace_s, retry)

@@ -1,0 +1,244 @@
+"""Sweeps as a user runs them: `entigraph train --multirun` grids, `entigraph search` Optuna
+workers on a journal file and on a real PostgreSQL server, and a W&B sweep file's command."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cli import entigraph
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SMOKE = ["experiment=smoke", "trainer.checkpoint_every=0"]
+# Eight steps with a validation evaluation every two, on 12 questions (three articles).
+SEARCH = [*SMOKE, "data.synthetic_tokens=4096", "eval.every_steps=2",
+          "eval.validation_share=0.6", "sweep.optuna.sampler=random"]
+
+
+def records(folder: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in folder.rglob("record.json")}
+
+
+def one_line_error(out) -> str:
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_grid_runs_every_job_past_a_failing_one_and_a_rerun_skips_completed(generated_root,
+                                                                           tmp_path):
+    args = ("train", "--multirun", *SMOKE, f"paths.root={generated_root}",
+            f"paths.runs={tmp_path}/runs", "launcher=joblib", "sweep.name=g",
+            "data.synthetic_tokens=99999999,1024,2048", "optim.lr=1e-3,3e-4")
+    first = entigraph(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sweep = tmp_path / "runs" / "sweeps" / "g"
+    runs = records(sweep)
+    assert sorted(runs) == sorted(f"tok{t}_mix0.0_lr{lr}_seed0" for t in (99999999, 1024, 2048)
+                                  for lr in (0.001, 0.0003))
+    for name, run in runs.items():
+        if name.startswith("tok99999999"):  # the failing jobs ran first; the sweep went on
+            assert run["status"] == "failed" and "exceeds the" in run["error"]
+        else:
+            assert run["status"] == "completed" and 0 <= run["metrics"]["accuracy"] <= 1
+    jobs = json.loads((sweep / "jobs.json").read_text())["jobs"]
+    assert sorted(job["status"] for job in jobs) == ["completed"] * 4 + ["failed"] * 2
+    assert "6 jobs, 4 completed, 2 failed (0 skipped" in first.stdout
+
+    started = time.monotonic()
+    second = entigraph(*args[:-4], "launcher=local", *args[-3:], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "6 jobs, 4 completed, 2 failed (4 skipped" in second.stdout  # failed ones retried
+    assert second.stdout.count("already completed; skipping") == 4
+    assert time.monotonic() - started < 60
+    assert {n: r["started_at"] for n, r in records(sweep).items() if r["status"] == "completed"} \
+        == {n: r["started_at"] for n, r in runs.items() if r["status"] == "completed"}
+
+    # The same folder with a different resolved config is refused, not skipped or overwritten.
+    third = entigraph("train", "--multirun", *SMOKE, f"paths.root={generated_root}",
+                      f"paths.runs={tmp_path}/runs", "sweep.name=g", "data.synthetic_tokens=1024",
+                      "optim.lr=1e-3,3e-4", "optim.warmup_ratio=0.2", cwd=tmp_path)
+    assert "differs at optim.warmup_ratio" in third.stderr
+    assert "2 jobs, 2 failed" in third.stdout
+
+
+def test_grid_preset_composes_and_launchers_switch_by_one_key(tmp_path):
+    out = entigraph("train", "grid=tiny_ladder", "launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    hydra_cfg = yaml.safe_load(out.stdout)["hydra"]
+    assert hydra_cfg["launcher"]["_target_"].endswith("SlurmLauncher")
+    assert hydra_cfg["launcher"]["gpus_per_node"] == 8
+    job = yaml.safe_load(entigraph("train", "grid=paper_budgets", "--cfg", "job",
+                                   cwd=tmp_path).stdout)
+    assert job["sweep"]["name"] == "paper_budgets"
+    assert job["sweep"]["grid"]["data.synthetic_tokens"][-1] == 455000000
+
+
+def test_bad_sweeps_fail_in_one_line_before_any_job(tmp_path):
+    root = [f"paths.root={tmp_path}"]
+    unknown = entigraph("train", "--multirun", *root, "optim.lrr=1e-3,1e-4", cwd=tmp_path)
+    assert "optim.lrr" in one_line_error(unknown)
+    bad_value = entigraph("train", "--multirun", *root, "optim.lr=1e-3,-1", cwd=tmp_path)
+    assert "optim.lr=-1.0 is not allowed" in one_line_error(bad_value)
+    empty = entigraph("train", "--multirun", *root, "+sweep.grid={optim.lr:[]}", cwd=tmp_path)
+    assert "sweep.grid.optim.lr is empty" in one_line_error(empty)
+    empty_space = entigraph("search", *root, "~space", cwd=tmp_path)
+    assert "sweep.space is empty" in one_line_error(empty_space)
+    space = entigraph("search", *root, "+sweep.space={optim.lrr: 'interval(0.1, 0.2)'}", cwd=tmp_path)
+    assert "sweep.space key 'optim.lrr' is not a config key" in one_line_error(space)
+    storage = entigraph("search", *root, "sweep.optuna.storage=postgresql://u:hunter2@127.0.0.1:9/db",
+                        cwd=tmp_path)
+    line = one_line_error(storage)
+    assert "cannot be reached" in line and "hunter2" not in line and "u:***@" in line
+    assert not list(tmp_path.rglob("record.json")) and not list(tmp_path.rglob("*.journal"))
+
+
+def study(storage, name: str):
+    import optuna
+
+    from entigraph.sweeps.storage import HeartbeatJournalStorage
+
+    if "://" not in str(storage):
+        storage = HeartbeatJournalStorage(str(storage), 1, 2, None)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def worker(root: Path, runs: Path, *overrides: str):
+    return subprocess.Popen(
+        [sys.executable, "-m", "entigraph", "search", *SEARCH, f"paths.root={root}",
+         f"paths.runs={runs}", *overrides], cwd=runs.parent, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+
+
+def finish(*procs) -> None:
+    for proc in procs:
+        output, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, output[-3000:]
+
+
+def check_trials(trials, cap: int) -> None:
+    """Finished trials within the cap, each a run folder whose record agrees with the study."""
+    from optuna.trial import TrialState
+
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert cap <= len(finished) <= cap + 1  # two workers may start the last trial together
+    for trial in finished:
+        assert set(trial.params) == {"optim.lr", "seed"}
+        run = json.loads((Path(trial.user_attrs["run_dir"]) / "record.json").read_text())
+        if trial.state == TrialState.COMPLETE:
+            assert run["status"] == "completed" and run["metrics"]["accuracy"] == trial.value
+        else:
+            assert run["status"] == "pruned"
+            assert len([h for h in run["history"] if "val_accuracy" in h]) < 4
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_journal_study_prune_and_retry_a_dead_workers_trial(generated_root,
+                                                                               tmp_path):
+    from optuna.trial import TrialState
+
+    runs = tmp_path / "runs"
+    shared = ["sweep.name=j", "sweep.optuna.n_trials=6", "sweep.optuna.startup_trials=1",
+              "sweep.optuna.heartbeat_s=1", "sweep.optuna.grace_s=3"]
+    doomed = worker(generated_root, runs, *shared, "sweep.worker=9")
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("sweeps/j/trials/*/record.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    doomed.kill()  # a worker dying mid-trial: its trial must not stay running
+    doomed.communicate()
+    time.sleep(4)  # past the grace period
+    finish(worker(generated_root, runs, *shared, "sweep.worker=0", "sweep.optuna.seed=0"),
+           worker(generated_root, runs, *shared, "sweep.worker=1", "sweep.optuna.seed=0"))
+
+    trials = study(runs / "sweeps" / "j" / "study.journal", "j").get_trials()
+    check_trials(trials, cap=6)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    (dead,) = [t for t in trials if t.state == TrialState.FAIL]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.params == dead.params and retry.state != TrialState.FAIL
+    assert retry.user_attrs["run_dir"] == dead.user_attrs["run_dir"]  # resumed in its folder
+    assert [t for t in trials if t.state == TrialState.PRUNED], "the median pruner never pruned"
+    summary = json.loads((runs / "sweeps" / "j" / "summary.json").read_text())
+    best = json.loads((runs / "sweeps" / "j" / "best_trials.json").read_text())
+    assert summary["best_value"] == max(t.value for t in trials if t.state == TrialState.COMPLETE)
+    assert best[0]["value"] == summary["best_value"] and best[0]["run_dir"]
+
+
+def start_postgres(folder: Path) -> str:
+    """A private PostgreSQL cluster on 127.0.0.1 (Debian's binaries, run as `postgres`)."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL is not installed (`apt-get install postgresql` as root; "
+                    ".ci/run does this when it runs as root)")
+    if os.geteuid() != 0:
+        pytest.skip("starting a private PostgreSQL cluster needs root (to run as `postgres`)")
+    bin_dir, port = bins[-1].parent, 25432 + os.getpid() % 1000
+    folder.mkdir(mode=0o755)
+    subprocess.run(["chown", "postgres", str(folder)], check=True)
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_postgres, bin_dir / "initdb", "-D", folder / "data", "-A", "trust",
+                    "-U", "postgres"], check=True, capture_output=True)
+    subprocess.run([*as_postgres, bin_dir / "pg_ctl", "-D", folder / "data", "-w", "-l",
+                    folder / "log", "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}",
+                    "start"], check=True, capture_output=True)
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(generated_root, tmp_path):
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp")) / "cluster"  # postgres can reach it
+    url = start_postgres(folder)
+    try:
+        runs = tmp_path / "runs"
+        shared = ["sweep.name=pg", "sweep.optuna.n_trials=4", "sweep.optuna.pruner=none",
+                  f"sweep.optuna.storage={url}"]
+        finish(worker(generated_root, runs, *shared, "sweep.worker=0"),
+               worker(generated_root, runs, *shared, "sweep.worker=1"))
+        trials = study(url, "pg").get_trials()
+        check_trials(trials, cap=4)
+        assert json.loads((runs / "sweeps" / "pg" / "summary.json").read_text())["storage"] == url
+    finally:
+        bin_dir = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))[-1].parent
+        subprocess.run(["runuser", "-u", "postgres", "--", bin_dir / "pg_ctl", "-D",
+                        folder / "data", "-m", "immediate", "stop"], capture_output=True)
+
+
+def agent_command(sweep_file: Path, params: dict) -> list[str]:
+    """The command `wandb agent` runs for a run with `params`, built by wandb's own helpers
+    (wandb_agent.Agent._command_run: ${env}/${args_no_hyphens} macros)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    spec = yaml.safe_load(sweep_file.read_text())
+    macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    macros["env"] = ["/usr/bin/env"]
+    command = []
+    for chunk in create_sweep_command(spec["command"]):
+        is_macro = chunk.startswith("${") and chunk.endswith("}")
+        command += macros.get(chunk[2:-1], []) if is_macro else [chunk]
+    return command
+
+
+@pytest.mark.slow
+def test_wandb_sweep_files_launch_the_hydra_job_in_a_folder_per_run_id(generated_root, tmp_path):
+    for sweep_file in SWEEPS.glob("wandb_*.yaml"):
+        spec = yaml.safe_load(sweep_file.read_text())
+        command = agent_command(sweep_file, {k: 1 for k in spec["parameters"]})
+        assert command[:3] == ["/usr/bin/env", "entigraph", "train"]
+        assert any(c.startswith("run_dir=") and "WANDB_RUN_ID" in c for c in command)
+    command = agent_command(SWEEPS / "wandb_tiny.yaml",
+                            {"data.synthetic_tokens": 1024, "optim.lr": 0.001})
+    env = {**os.environ, "WANDB_SWEEP_ID": "sw1", "WANDB_RUN_ID": "run7", "WANDB_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run([*command, f"paths.root={generated_root}", f"paths.runs={tmp_path}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads((tmp_path / "wandb" / "sw1" / "run7" / "record.json").read_text())
+    assert run["status"] == "completed" and run["derived"]["synthetic_tokens_selected"] == 1024
