@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -62,14 +63,19 @@ def _tokenize(texts: list[str], tokenizer, out_dir: Path, meta: dict) -> None:
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
     tokens = np.fromiter((t for x in ids for t in (*x, tokenizer.eos_token_id)),
                          dtype=dtype, count=int(offsets[-1]))
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    # A folder of this process's own: parallel sweep jobs may tokenise the same corpus at once.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     tokens.tofile(tmp / "tokens.bin")
     np.save(tmp / "offsets.npy", offsets)
     write_json_atomic(tmp / "manifest.json", {**meta, "dtype": np.dtype(dtype).name,
                                               "n_texts": len(ids), "n_tokens": int(offsets[-1])})
-    tmp.rename(out_dir)  # the folder appears complete or not at all
+    try:
+        tmp.rename(out_dir)  # the folder appears complete or not at all
+    except OSError:  # another job made the same cache first: keep theirs
+        shutil.rmtree(tmp)
+        if not (out_dir / "manifest.json").exists():
+            raise
 
 
 def load_tokens(token_dir: Path) -> TokenArrays:
