@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 from optuna.storages import (BaseStorage, JournalStorage, RDBStorage,
                              RetryHeartbeatStaleTrialCallback)
 from optuna.exceptions import ExperimentalWarning
@@ -81,13 +82,23 @@ def _open(storage: str, spec) -> BaseStorage:
     if not is_url(storage):
         Path(storage).parent.mkdir(parents=True, exist_ok=True)
         return HeartbeatJournalStorage(storage, spec.heartbeat_s, grace_s, retry)
-    try:
-        return RDBStorage(storage, engine_kwargs=_engine_kwargs(storage),
-                          heartbeat_interval=spec.heartbeat_s, grace_period=grace_s,
-                          heartbeat_stale_trial_callback=retry)
-    except Exception as err:  # no driver, refused, unknown host, bad credentials, ...
-        reason = " ".join(str(err).split())[:300]
-        if password := make_url(storage).password:
-            reason = reason.replace(str(password), "***")
-        raise ConfigError(f"config: sweep.optuna.storage={shown(storage)} cannot be reached "
-                          f"({reason}); start the database or fix the URL") from None
+    for attempt in range(5):
+        try:
+            return RDBStorage(storage, engine_kwargs=_engine_kwargs(storage),
+                              heartbeat_interval=spec.heartbeat_s, grace_period=grace_s,
+                              heartbeat_stale_trial_callback=retry)
+        except (IntegrityError, ProgrammingError) as err:  # workers creating the tables at once
+            if attempt == 4:
+                _unreachable(storage, err)
+            time.sleep(1 + attempt)
+        except Exception as err:  # no driver, refused, unknown host, bad credentials, ...
+            _unreachable(storage, err)
+
+
+def _unreachable(storage: str, err: Exception) -> None:
+    """One line naming the storage (password masked) and why it failed."""
+    reason = " ".join(str(err).split())[:300]
+    if password := make_url(storage).password:
+        reason = reason.replace(str(password), "***")
+    raise ConfigError(f"config: sweep.optuna.storage={shown(storage)} cannot be reached "
+                      f"({reason}); start the database or fix the URL") from None
