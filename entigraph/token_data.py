@@ -148,10 +148,11 @@ def replay_block_count(synthetic_blocks: int, mixing_ratio: float) -> int:
 
 def sample_replay_blocks(replay: TokenStream, block_size: int, count: int, seed: int) -> np.ndarray:
     """Ids of `count` distinct replay blocks (repeating only when the replay corpus is too small)."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
     available = replay.n_blocks(block_size)
-    if available == 0 and count:
+    if available == 0:
         raise ConfigError(f"config: data.replay_path holds fewer than data.block_size={block_size} "
                           f"tokens; give a larger replay corpus")
     rng = np.random.default_rng(seed)
-    picks = [rng.permutation(available) for _ in range(-(-count // max(available, 1)))]
-    return np.concatenate([*picks, np.zeros(0, np.int64)])[:count]
+    return np.concatenate([rng.permutation(available) for _ in range(-(-count // available))])[:count]
