@@ -81,10 +81,12 @@ def trial_config(cfg: DictConfig, trial: optuna.Trial, params: dict) -> DictConf
     return point
 
 
-def objective(cfg: DictConfig, space: dict):
+def objective(cfg: DictConfig, space: dict, started: list[int]):
+    """The trial function; it appends each trial's number to `started` (this worker's trials)."""
     from entigraph.sweeps.runs import run_point
 
     def run_trial(trial: optuna.Trial) -> float:
+        started.append(trial.number)
         point = trial_config(cfg, trial, suggest(trial, space))
         trial.set_user_attr("run_dir", point.run_dir)
 
@@ -100,6 +102,10 @@ def objective(cfg: DictConfig, space: dict):
     return run_trial
 
 
+def state_of(study: optuna.Study, number: int) -> TrialState:
+    return next(t.state for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
 def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
@@ -112,16 +118,24 @@ def run_worker(cfg: DictConfig) -> dict:
     space = search_space(cfg)  # every key and range checked before the storage is touched
     study = open_study(cfg)
     require_complete(cfg.data.corpus_dir)
-    cap, worker, failures = cfg.sweep.optuna.n_trials, cfg.sweep.worker, 0
+    cap, worker, failures, started = cfg.sweep.optuna.n_trials, cfg.sweep.worker, 0, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         while failures < MAX_FAILURES_IN_A_ROW:
             optuna.storages.fail_stale_trials(study)  # before counting: a dead worker's trial
             if counted(study) >= cap:
                 break
-            study.optimize(objective(cfg, space), n_trials=1, catch=(Exception,))
-            last = study.get_trials(deepcopy=False)[-1]
-            failures = failures + 1 if last.state == TrialState.FAIL else 0
+            try:
+                study.optimize(objective(cfg, space, started), n_trials=1, catch=(Exception,))
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                # Optuna cannot tell a trial another worker has already failed as stale (this
+                # worker's heartbeat came late, e.g. on an overloaded machine): its retry runs it.
+                if state_of(study, started[-1]) != TrialState.FAIL:
+                    raise
+                print(f"[search {cfg.sweep.name} worker {worker}] trial {started[-1]} was failed "
+                      f"by another worker (no heartbeat within grace_s) and is retried", flush=True)
+                continue
+            failures = failures + 1 if state_of(study, started[-1]) == TrialState.FAIL else 0
             summary = write_summary(study, cfg)
             print(f"[search {cfg.sweep.name} worker {worker}] {summary['finished']}/{cap} trials "
                   f"finished; best validation accuracy {summary['best_value']}", flush=True)
