@@ -2,7 +2,7 @@
 
 Builds the demo's tiny Llama (hidden 128, 4 heads, 4 layers; random weights) with a tokenizer
 trained on the built-in corpus's chain-of-thought prompts, saves it to a temporary folder, and
-evaluates the built-in corpus's questions on it through `entigraph.evaluation.evaluate_questions`
+evaluates the built-in corpus's 20 questions, `--copies` times over (as distinct questions), on it through `entigraph.evaluation.evaluate_questions`
 with each backend, alternately, `--repeats` rounds after one discarded warm-up round:
 
   * cot: the paper's five-shot chain-of-thought protocol with `--samples` samples a question and
@@ -18,11 +18,13 @@ and `vllm_warm_questions_per_s` subtracts it, for long evaluations where it is a
 Ends with one line:
 RESULT hf_questions_per_s=<x> vllm_questions_per_s=<x> ...
 
-    .venv/bin/python benchmarks/evaluation.py [--samples 8] [--new-tokens 64] [--repeats 2]
+    .venv/bin/python benchmarks/evaluation.py [--copies 5] [--samples 8] [--new-tokens 64]
+        [--repeats 2]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -61,12 +63,14 @@ def timed(folder: Path, questions: list, work: Path, cfg: EvalConfig) -> tuple[f
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    questions = questions_of(load_builtin())
+    questions = [(doc, dataclasses.replace(q, uid=f"{q.uid}#{k}"))
+                 for k in range(args.copies) for doc, q in questions_of(load_builtin())]
     cot = CotConfig(num_samples=args.samples, max_new_tokens=args.new_tokens)
     configs = {"hf": EvalConfig(protocols=["cot", "mc"], cot=cot, batch_size=16),
                "vllm": EvalConfig(protocols=["cot", "mc"], cot=cot, backend="vllm",
@@ -91,8 +95,9 @@ def main() -> None:
     n = len(questions)
     hf_s, vllm_s = statistics.median(seconds["hf"]), statistics.median(seconds["vllm"])
     print(f"vLLM engine start and a one-question call: {start_s:.1f} s")
+    warm = f"{n / (vllm_s - start_s):.3f}" if vllm_s > start_s else "n/a"  # n/a: start dominates
     print(f"RESULT hf_questions_per_s={n / hf_s:.3f} vllm_questions_per_s={n / vllm_s:.3f} "
-          f"vllm_warm_questions_per_s={n / max(vllm_s - start_s, 1e-9):.3f} "
+          f"vllm_warm_questions_per_s={warm} "
           f"vllm_speedup={hf_s / vllm_s:.2f} questions={n} cot_samples={args.samples} "
           f"new_tokens={args.new_tokens}")
 

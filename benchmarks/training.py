@@ -35,7 +35,8 @@ benchmark checks that the blocks are exactly the selected token stream cut into 
 an attention mask of 0 or a label of -100 (none is passed, so none can be padding).
 
 Precision: ours runs with trainer.precision=auto, i.e. bf16 autocast on a CPU with bf16
-instructions (this one), and `--attention` (default eager). Two Trainers run beside it: "Trainer"
+instructions (this one), and trainer.attention=`--attention` (default auto: eager for these
+128-token blocks in bf16 on a CPU). Two Trainers run beside it: "Trainer"
 as a user gets it by default (fp32, the model's default sdpa attention) for the headline, and
 "Trainer/same" with bf16=True and our attention kernel, for `speedup_same_precision`: the gain
 that is the loop's own rather than the settings'.
@@ -250,6 +251,13 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": block, "labels": block}
 
 
+def ours_attention(cfg, model_default: str) -> str:
+    """The attention kernel our run trains with (resolved as entigraph.training does)."""
+    return training.resolve_attention(cfg.trainer.attention,
+                                      training.resolve_precision(cfg.trainer.precision),
+                                      cfg.data.block_size, model_default)
+
+
 def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int, path: str) -> Row:
     """path: "Trainer" as a user gets it by default (fp32, the model's attention kernel),
     "Trainer/same" in our run's precision and attention kernel, "Trainer/fused" with
@@ -259,8 +267,8 @@ def run_trainer(cfg, out_dir: Path, round_: int, accum: int, pad_id: int, path: 
                                  cfg.trainer.epochs)
     model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
     same = path == "Trainer/same"
-    if same and cfg.trainer.attention != "auto":
-        model.set_attn_implementation(cfg.trainer.attention)
+    if same:
+        model.set_attn_implementation(ours_attention(cfg, model.config._attn_implementation))
     args = transformers.TrainingArguments(
         output_dir=str(out_dir), per_device_train_batch_size=cfg.trainer.micro_batch_size,
         gradient_accumulation_steps=accum, num_train_epochs=cfg.trainer.epochs,
@@ -360,9 +368,9 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=2,
                         help="also run micro 16/accum with accumulation (0: skip)")
     parser.add_argument("--accum-repeats", type=int, default=2)
-    parser.add_argument("--attention", default="eager", choices=["auto", "sdpa", "eager"],
-                        help="trainer.attention for ours and Trainer/same (eager: the faster "
-                             "kernel for 128-token blocks in bf16 on this CPU)")
+    parser.add_argument("--attention", default="auto", choices=["auto", "sdpa", "eager"],
+                        help="trainer.attention for ours (Trainer/same uses the kernel it "
+                             "resolves to)")
     parser.add_argument("--fused", action="store_true",
                         help="also run the Trainer with its default optimiser (adamw_torch_fused)")
     parser.add_argument("--profile", action="store_true", help="cProfile one run of ours")
@@ -417,7 +425,7 @@ def main() -> None:
           f"batch 16, 1 epoch on {args.tokens} synthetic tokens; round 0 is a warm-up")
     print(f"ours: trainer.precision={cfg16.trainer.precision} (here "
           f"{training.resolve_precision(cfg16.trainer.precision)}), trainer.attention="
-          f"{args.attention}; Trainer: its defaults (fp32, the model's attention kernel); "
+          f"{args.attention} (here {ours_attention(cfg16, "the model's")}); Trainer: its defaults (fp32, the model's attention kernel); "
           f"Trainer/same: bf16=ours, ours' attention kernel")
     print(f"blocks: {blocks['blocks']} x {blocks['block_size']} = {blocks['tokens']} tokens, "
           f"exactly the selected stream of {blocks['stream_tokens']} tokens cut into pieces; "

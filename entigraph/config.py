@@ -157,8 +157,8 @@ class TrainerConfig:
     # bf16 autocast (fp32 weights and optimizer) or plain fp32. auto: bf16 where the hardware
     # computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX-BF16), else fp32.
     precision: str = knob("auto", choices=["auto", "bf16", "fp32"])
-    # The attention kernel while training; auto keeps the model's own (sdpa). On a CPU in bf16,
-    # eager is faster for short blocks (128 tokens) and slower for long ones (1024): README.
+    # The attention kernel while training. auto: eager for blocks of up to 512 tokens in bf16 on
+    # a CPU (faster there; slower for longer blocks: README), else the model's own (sdpa).
     attention: str = knob("auto", choices=["auto", "sdpa", "eager"])
 
     def check(self) -> None:

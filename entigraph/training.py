@@ -59,6 +59,22 @@ def resolve_precision(precision: str) -> str:
     return "bf16" if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16") else "fp32"
 
 
+# Longest block for which eager attention beats sdpa when training in bf16 on a CPU (measured on
+# the tiny model: 31% faster at 128 tokens, 14% at 512, half as fast at 1024; README).
+EAGER_MAX_BLOCK_CPU = 512
+
+
+def resolve_attention(attention: str, precision: str, block_size: int, model_default: str) -> str:
+    """trainer.attention as a kernel name: auto is eager for short blocks in bf16 on a CPU,
+    else the model's own (sdpa)."""
+    import torch
+
+    if attention != "auto":
+        return attention
+    cpu_bf16 = precision == "bf16" and not torch.cuda.is_available()
+    return "eager" if cpu_bf16 and block_size <= EAGER_MAX_BLOCK_CPU else model_default
+
+
 def _param_groups(model, weight_decay: float):
     """No weight decay on biases and norm weights, as is usual for AdamW on transformers."""
     decay, no_decay = [], []
@@ -144,8 +160,9 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
     model.config.use_cache = False  # no key/value cache is needed while training
     attention = model.config._attn_implementation  # restored for evaluation after training
-    if cfg.trainer.attention != "auto":
-        model.set_attn_implementation(cfg.trainer.attention)
+    training_attention = resolve_attention(cfg.trainer.attention, precision,
+                                           cfg.data.block_size, attention)
+    model.set_attn_implementation(training_attention)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -164,7 +181,8 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     record.set_derived(**data.derived, steps=total_steps, steps_per_epoch=steps_per_epoch,
                        gradient_accumulation=accum, devices=accelerator.num_processes,
                        global_batch_tokens=cfg.trainer.batch_size * cfg.data.block_size,
-                       parameters=n_params, precision=precision, resumed_from_step=step)
+                       parameters=n_params, precision=precision,
+                       attention=training_attention, resumed_from_step=step)
 
     if probe and accelerator.num_processes > 1:
         log.warning("eval.every_steps: evaluation during training runs on one process only; "

@@ -103,6 +103,20 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16_instructions():
     assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
 
 
+def test_auto_attention_is_eager_only_for_short_blocks_in_bf16_on_a_cpu():
+    import torch
+
+    from entigraph.training import resolve_attention
+
+    if torch.cuda.is_available():
+        pytest.skip("the rule for CPUs")
+    assert resolve_attention("auto", "bf16", 128, "sdpa") == "eager"
+    assert resolve_attention("auto", "bf16", 512, "sdpa") == "eager"
+    assert resolve_attention("auto", "bf16", 1024, "sdpa") == "sdpa"
+    assert resolve_attention("auto", "fp32", 128, "sdpa") == "sdpa"
+    assert resolve_attention("sdpa", "bf16", 128, "eager") == "sdpa"
+
+
 def test_bf16_training_computes_in_bf16_and_ends_near_fp32(root, tmp_path):
     losses = {}
     for precision in ("fp32", "bf16"):
