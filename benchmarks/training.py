@@ -425,7 +425,7 @@ def main() -> None:
           f"batch 16, 1 epoch on {args.tokens} synthetic tokens; round 0 is a warm-up")
     print(f"ours: trainer.precision={cfg16.trainer.precision} (here "
           f"{training.resolve_precision(cfg16.trainer.precision)}), trainer.attention="
-          f"{args.attention} (here {ours_attention(cfg16, "the model's")}); Trainer: its defaults (fp32, the model's attention kernel); "
+          f"{args.attention} (here {ours_attention(cfg16, 'its own')}); Trainer: its defaults (fp32, the model's attention kernel); "
           f"Trainer/same: bf16=ours, ours' attention kernel")
     print(f"blocks: {blocks['blocks']} x {blocks['block_size']} = {blocks['tokens']} tokens, "
           f"exactly the selected stream of {blocks['stream_tokens']} tokens cut into pieces; "
