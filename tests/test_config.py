@@ -114,3 +114,17 @@ def test_cli_eval_needs_a_checkpoint(tmp_path):
 def test_cross_field_checks(compose, overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose("train", overrides))
+
+
+def test_an_empty_evaluation_split_is_named(compose, tmp_path):
+    import json
+
+    from entigraph.commands import eval_questions
+
+    corpus = tmp_path / "one.jsonl"
+    corpus.write_text(json.dumps({"title": "T", "author": "A", "text": "x", "questions": [
+        {"question": "?", "options": ["a", "b", "c", "d"], "answer": 0}]}) + "\n")
+    cfg = compose("eval", ["corpus=jsonl", f"corpus.path={corpus}"])
+    assert len(eval_questions(cfg, "test")) == 1  # a single article goes to test
+    with pytest.raises(ConfigError, match="the validation split of corpus custom has no questions"):
+        eval_questions(cfg, "validation")
