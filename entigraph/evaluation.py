@@ -162,9 +162,9 @@ def cot_task(data_file: Path, cache_dir: Path, cot) -> dict:
 
 
 class CotAnswerFilter:
-    """An lm-eval filter (the interface of lm_eval.api.filter.Filter): a question's samples -> the letter picked by the selection rule, or
-    UNPARSED. random_valid draws from a generator seeded by (seed, question id), so a rerun
-    picks the same sample."""
+    """An lm-eval filter (the interface of lm_eval.api.filter.Filter): a question's samples ->
+    the letter the selection rule picks, or UNPARSED. random_valid draws from a generator seeded
+    by (seed, question id), so a rerun picks the same sample."""
 
     def __init__(self, selection: str, seed: int) -> None:
         self.selection, self.seed = selection, seed
