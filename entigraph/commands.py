@@ -172,10 +172,10 @@ def analyze(cfg: DictConfig) -> dict:
 
 def demo(cfg: DictConfig) -> None:
     """Generate, sweep the synthetic token budget, and analyse: the whole pipeline, small."""
-    generate(cfg)
-    sweep(cfg)
     from entigraph.config import AnalyzeConfig, validate
 
+    generate(cfg)
+    sweep(cfg)
     analysis_cfg = OmegaConf.merge(OmegaConf.structured(AnalyzeConfig), {
         "input": cfg.paths.runs, "output_dir": str(Path(cfg.paths.root) / "analysis")})
     validate(analysis_cfg)
