@@ -10,6 +10,7 @@ launcher `launcher=` picks), plus what a sweep of training runs needs:
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,9 +75,7 @@ class EntigraphSweeper(BasicSweeper):
                  **_summary_of(job.return_value)} for job in jobs]
         path = Path(self.config.sweep.dir) / "jobs.json"
         write_json_atomic(path, {"sweep": self.config.sweep.name, "jobs": rows})
-        counts: dict[str, int] = {}
-        for row in rows:
-            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        counts = Counter(row["status"] for row in rows)
         failed = [row["run_dir"] or " ".join(row["overrides"])
                   for row in rows if row["status"] == "failed"]
         print(f"sweep {self.config.sweep.name}: {len(rows)} jobs, "
