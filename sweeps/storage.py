@@ -4,6 +4,8 @@ heartbeat while it runs a trial, and a trial whose worker stopped beating is fai
 (`RetryHeartbeatStaleTrialCallback`), so a dead worker leaves no trial stuck running."""
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import time
 import warnings
@@ -16,6 +18,7 @@ from optuna.storages import (BaseStorage, JournalStorage, RDBStorage,
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal._file import BaseJournalFileLock  # the lock interface, not exported
 from optuna.trial import TrialState
 
 from entigraph.errors import ConfigError
@@ -34,12 +37,32 @@ def shown(storage: str) -> str:
     return make_url(storage).render_as_string(hide_password=True)
 
 
+class FlockLock(BaseJournalFileLock):
+    """The journal's write lock: flock on a file beside it, which the kernel releases when its
+    holder dies. Optuna's default symlink lock outlives a killed worker: every other worker then
+    waits 30 s before forcing it, and two waiting workers can both take it. Threads of one
+    worker are serialised by the journal storage itself."""
+
+    def __init__(self, path: str) -> None:
+        self._path, self._fd = path, None
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        os.close(fd)  # closing the only descriptor of this open file drops its lock
+
+
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal storage has no heartbeat; this one records it as a trial system attribute,
     which Optuna's stale-trial check (run before every trial) then reads as it does an RDB's."""
 
     def __init__(self, path: str, interval_s: int, grace_s: int, callback) -> None:
-        super().__init__(JournalFileBackend(path))
+        super().__init__(JournalFileBackend(path, lock_obj=FlockLock(f"{path}.flock")))
         self._interval_s, self._grace_s, self._callback = interval_s, grace_s, callback
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -48,8 +71,11 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
         running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+        # A retried trial inherits its failed trial's system attributes, old heartbeat included:
+        # until its own first heartbeat, it is alive as of its start.
         return [t._trial_id for t in running
-                if now - t.system_attrs.get(HEARTBEAT, t.datetime_start.timestamp()) > self._grace_s]
+                if now - max(t.system_attrs.get(HEARTBEAT, 0), t.datetime_start.timestamp())
+                > self._grace_s]
 
     def get_heartbeat_interval(self) -> int:
         return self._interval_s

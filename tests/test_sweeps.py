@@ -119,6 +119,7 @@ def worker(root: Path, runs: Path, *overrides: str):
 def finish(*procs) -> None:
     for proc in procs:
         output, _ = proc.communicate(timeout=900)
+        print(output[-3000:])  # shown by pytest when a later assertion fails
         assert proc.returncode == 0, output[-3000:]
 
 
@@ -136,6 +137,19 @@ def check_trials(trials, cap: int) -> None:
         else:
             assert run["status"] == "pruned" and run["error"].startswith("TrialPruned")
             assert not run["metrics"]  # stopped before its final evaluation
+
+
+def describe(trials) -> str:
+    """What an assertion about trials shows: each one's state, attributes and run record."""
+    lines = []
+    for t in trials:
+        record = Path(t.user_attrs.get("run_dir", "-")) / "record.json"
+        run = json.loads(record.read_text()) if record.exists() else {}
+        lines.append(f"trial {t.number} {t.state.name} params={t.params} "
+                     f"system={t.system_attrs} user={t.user_attrs} "
+                     f"start={t.datetime_start} end={t.datetime_complete} "
+                     f"run={run.get('status')}: {run.get('error')}")
+    return "\n".join(lines)
 
 
 @pytest.mark.slow
@@ -172,7 +186,9 @@ def test_two_workers_share_a_journal_study_prune_and_retry_a_dead_workers_trial(
     trials = study(journal, "j").get_trials()
     check_trials(trials, cap=6)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
-    (dead,) = [t for t in trials if t.state == TrialState.FAIL]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1, describe(failed)
+    (dead,) = failed
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
     assert retry.params == dead.params and retry.state != TrialState.FAIL
     assert retry.user_attrs["run_dir"] == dead.user_attrs["run_dir"]  # resumed in its folder
