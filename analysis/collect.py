@@ -19,10 +19,10 @@ import yaml
 from entigraph.errors import EntigraphError
 from entigraph.records import CONFIG, RECORD, write_atomic
 
-COLUMNS = ["run", "group", "synthetic_tokens", "accuracy", "n_questions", "mixing_ratio", "lr",
-           "seed", "corpus", "method", "model", "protocol", "eval_split", "mixing_mode", "epochs",
+COLUMNS = ["run", "group", "synthetic_tokens", "accuracy", "n_questions", "n_scored", "mixing_ratio",
+           "lr", "seed", "corpus", "method", "model", "protocol", "eval_split", "mixing_mode", "epochs",
            "accuracy_hard", "accuracy_nonhard", "parse_rate", "steps", "source"]
-INTEGER = {"synthetic_tokens", "n_questions", "seed", "epochs", "steps"}
+INTEGER = {"synthetic_tokens", "n_questions", "n_scored", "seed", "epochs", "steps"}
 FLOAT = {"accuracy", "mixing_ratio", "lr", "accuracy_hard", "accuracy_nonhard", "parse_rate"}
 # Runs that differ in any of these measure different things and do not share one curve.
 COMPATIBLE = ("corpus", "method", "model", "protocol", "eval_split", "n_questions", "mixing_mode",
@@ -55,6 +55,7 @@ def config_row(run: str, config: dict, metrics: dict, derived: dict, source: str
         "run": run, "group": f"mix{data.get('mixing_ratio')}_lr{optim.get('lr')}",
         "synthetic_tokens": derived.get("synthetic_tokens_selected"),
         "accuracy": metrics.get("accuracy"), "n_questions": metrics.get("n_questions"),
+        "n_scored": metrics.get("n_scored"),
         "mixing_ratio": data.get("mixing_ratio"), "lr": optim.get("lr"), "seed": config.get("seed"),
         "corpus": (config.get("corpus") or {}).get("name"),
         "method": (config.get("synthesis") or {}).get("method"),

@@ -105,7 +105,8 @@ def trial_row(run: str, params: dict, value: float, attrs: dict) -> dict:
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = v
-    metrics = {"accuracy": value, "n_questions": attrs.get("n_questions")}
+    metrics = {"accuracy": value, "n_questions": attrs.get("n_questions"),
+               "n_scored": attrs.get("n_scored")}
     derived = {"synthetic_tokens_selected": params.get("data.synthetic_tokens")}
     return config_row(run, config, metrics, derived, "optuna")
 

@@ -278,7 +278,7 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
     Returns {"metrics": {...}, "questions": [...]}: for each protocol p the metrics
     p_accuracy, p_accuracy_hard, p_accuracy_nonhard (None without such questions), p_parse_rate
     and p_n_scored, and the first protocol's under accuracy, accuracy_hard, accuracy_nonhard,
-    parse_rate, plus n_questions; per question and protocol a record {protocol, question_id,
+    parse_rate, n_scored, plus n_questions; per question and protocol a record {protocol, question_id,
     prediction (option index, None when unparsed), gold, correct (None when dropped from the
     denominator), hard, parsed}.
     """
@@ -326,7 +326,7 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
         summary = _summary(protocol_records)
         metrics.update({f"{protocol}_{k}": v for k, v in summary.items()})
         if protocol == protocols[0]:
-            metrics.update({k: v for k, v in summary.items() if k != "n_scored"})
+            metrics.update(summary)
     return {"metrics": metrics, "questions": records}
 
 

@@ -96,7 +96,8 @@ def objective(cfg: DictConfig, space: dict, started: list[int]):
                 raise optuna.TrialPruned(f"step {step}: validation accuracy {accuracy:.3f}")
 
         record = run_point(point, on_eval)
-        trial.set_user_attr("n_questions", record["metrics"].get("n_questions"))
+        for key in ("n_questions", "n_scored"):  # the binomial fit of the analysis weighs by them
+            trial.set_user_attr(key, record["metrics"].get(key))
         return record["metrics"]["accuracy"]
 
     return run_trial

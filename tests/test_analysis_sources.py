@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from cli import entigraph
-from entigraph.analysis.collect import read_runs
-from entigraph.analysis.curves import slices
+from entigraph.analysis.collect import read_runs, read_table
+from entigraph.analysis.curves import points_of, slices
 from entigraph.analysis.report import write_report
 from entigraph.analysis.sources import optuna_results, wandb_row
 from entigraph.errors import EntigraphError
@@ -64,6 +64,24 @@ def test_run_folders_give_rows_and_headline_protocol_questions(tmp_path):
         answers = results.questions[row["run"]]
         assert row["protocol"] == "cot" and len(answers) == len(QUESTIONS)
         assert np.mean(list(answers.values())) == pytest.approx(row["accuracy"])
+
+
+def test_accuracies_over_the_questions_scored_are_weighed_by_them(analyze_cfg, tmp_path):
+    """eval.cot.unparsed=drop scores fewer questions than were asked: the binomial fit counts
+    those scored; a run that does not say (older records) counts all it was asked."""
+    runs = sweep(tmp_path / "runs")
+    for run in runs[1:]:
+        record = json.loads((run / "record.json").read_text())
+        record["metrics"]["n_scored"] = 30  # ten unparsed answers left out of the accuracy
+        (run / "record.json").write_text(json.dumps(record))
+    def weights(rows: list[dict]) -> dict[int, float]:
+        return {r["synthetic_tokens"]: n for r, n in zip(rows, points_of(rows).n)}
+
+    results = read_runs(str(tmp_path / "runs"))
+    assert [r["n_questions"] for r in results.rows] == [40] * 4
+    assert weights(results.rows) == {10 ** 3: 40, 10 ** 4: 30, 10 ** 5: 30, 10 ** 6: 30}
+    outputs, _ = write_report(analyze_cfg(tmp_path / "runs"))
+    assert weights(read_table(outputs["table"]).rows) == weights(results.rows)  # the cache keeps it
 
 
 def test_per_question_records_give_a_paired_question_bootstrap(analyze_cfg, tmp_path):

@@ -331,7 +331,7 @@ def test_cot_end_to_end_on_transformers(answering, tmp_path):
     assert [r["prediction"] for r in again] == [r["prediction"] for r in cot]
     parsed = [r for r in again if r["parsed"]]
     assert all(r["correct"] is None for r in again if not r["parsed"])
-    assert dropped["metrics"]["cot_n_scored"] == len(parsed)
+    assert dropped["metrics"]["cot_n_scored"] == dropped["metrics"]["n_scored"] == len(parsed)
     assert dropped["metrics"]["accuracy"] == pytest.approx(
         sum(r["correct"] for r in parsed) / len(parsed))
 
