@@ -200,6 +200,31 @@ def test_two_workers_share_a_journal_study_prune_and_retry_a_dead_workers_trial(
 
 
 @pytest.mark.slow
+def test_hyperband_prunes_on_the_validation_curve(generated_root, tmp_path):
+    from optuna.trial import TrialState
+
+    import optuna
+
+    from entigraph.sweeps.storage import HeartbeatJournalStorage
+
+    runs = tmp_path / "runs"
+    journal = runs / "sweeps" / "h" / "study.journal"
+    journal.parent.mkdir(parents=True)
+    queued = optuna.create_study(study_name="h", direction="maximize",
+                                 storage=HeartbeatJournalStorage(str(journal), 1, 10, None))
+    # As in the journal test: seed 2 at lr 7.1e-4 scores 1/12 at step 2, below the trials that
+    # reached that rung before it, and Hyperband's first rung (2 steps, keep 1/2) stops it.
+    for lr, seed in [(2.288e-4, 0), (1.079e-4, 0), (8.786e-4, 2), (7.117e-4, 2), (8.786e-4, 2)]:
+        queued.enqueue_trial({"optim.lr": lr, "seed": seed})
+    finish(worker(generated_root, runs, "sweep.name=h", "sweep.optuna.n_trials=5",
+                  "sweep.optuna.pruner=hyperband", "sweep.optuna.min_resource=2",
+                  "sweep.optuna.reduction_factor=2"))
+    trials = study(journal, "h").get_trials()
+    check_trials(trials, cap=5)
+    assert [t for t in trials if t.state == TrialState.PRUNED], describe(trials)
+
+
+@pytest.mark.slow
 def test_a_worker_whose_trial_another_worker_failed_goes_on(generated_root, tmp_path):
     """A live worker whose heartbeat came late finds its trial failed as stale by another
     worker: it says so and goes on to the next trial instead of crashing."""
