@@ -19,9 +19,10 @@ import yaml
 from entigraph.errors import EntigraphError
 from entigraph.records import CONFIG, RECORD, write_atomic
 
-COLUMNS = ["run", "group", "synthetic_tokens", "accuracy", "n_questions", "n_scored", "mixing_ratio",
-           "lr", "seed", "corpus", "method", "model", "protocol", "eval_split", "mixing_mode", "epochs",
-           "accuracy_hard", "accuracy_nonhard", "parse_rate", "steps", "source"]
+COLUMNS = ["run", "group", "synthetic_tokens", "accuracy", "n_questions", "n_scored",
+           "mixing_ratio", "lr", "seed", "corpus", "method", "model", "protocol", "eval_split",
+           "mixing_mode", "epochs", "accuracy_hard", "accuracy_nonhard", "parse_rate", "steps",
+           "source"]
 INTEGER = {"synthetic_tokens", "n_questions", "n_scored", "seed", "epochs", "steps"}
 FLOAT = {"accuracy", "mixing_ratio", "lr", "accuracy_hard", "accuracy_nonhard", "parse_rate"}
 # Runs that differ in any of these measure different things and do not share one curve.

@@ -278,9 +278,9 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
     Returns {"metrics": {...}, "questions": [...]}: for each protocol p the metrics
     p_accuracy, p_accuracy_hard, p_accuracy_nonhard (None without such questions), p_parse_rate
     and p_n_scored, and the first protocol's under accuracy, accuracy_hard, accuracy_nonhard,
-    parse_rate, n_scored, plus n_questions; per question and protocol a record {protocol, question_id,
-    prediction (option index, None when unparsed), gold, correct (None when dropped from the
-    denominator), hard, parsed}.
+    parse_rate, n_scored, plus n_questions; per question and protocol a record {protocol,
+    question_id, prediction (option index, None when unparsed), gold, correct (None when dropped
+    from the denominator), hard, parsed}.
     """
     protocols = list(protocols or eval_cfg.protocols)
     questions = list(questions)

@@ -48,7 +48,11 @@ class FlockLock(BaseJournalFileLock):
 
     def acquire(self) -> bool:
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:  # interrupted while waiting: no descriptor left open
+            os.close(fd)
+            raise
         self._fd = fd
         return True
 
