@@ -51,14 +51,14 @@ def _best_lr(rows: list[dict]) -> list[dict]:
     return by_lr[best]
 
 
-def trials_of(row: dict):
+def questions_scored(row: dict):
     """The questions an accuracy is a share of: those scored (eval.cot.unparsed=drop leaves
     some out), or all asked when a row does not say."""
     return row["n_scored"] if row.get("n_scored") is not None else row.get("n_questions")
 
 
 def points_of(rows: list[dict]) -> Points:
-    n = [trials_of(r) for r in rows]
+    n = [questions_scored(r) for r in rows]
     return Points(np.log10([float(r["synthetic_tokens"]) for r in rows]),
                   np.array([float(r["accuracy"]) for r in rows]),
                   None if None in n else np.array(n, dtype=float))
