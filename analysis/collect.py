@@ -22,10 +22,12 @@ from entigraph.records import CONFIG, RECORD, write_atomic
 COLUMNS = ["run", "group", "synthetic_tokens", "accuracy", "n_questions", "n_scored",
            "mixing_ratio", "lr", "seed", "corpus", "method", "model", "protocol", "eval_split",
            "mixing_mode", "epochs", "accuracy_hard", "accuracy_nonhard", "parse_rate", "steps",
-           "source"]
+           "source", "input"]
 INTEGER = {"synthetic_tokens", "n_questions", "n_scored", "seed", "epochs", "steps"}
 FLOAT = {"accuracy", "mixing_ratio", "lr", "accuracy_hard", "accuracy_nonhard", "parse_rate"}
-# Runs that differ in any of these measure different things and do not share one curve.
+# input: the entry of `input=` a row came from (kept in the cached table, so a combined analysis
+# regenerates from it). Runs of one input that differ in any of COMPATIBLE measure different
+# things and do not share one curve; rows of different inputs are checked and sliced apart.
 COMPATIBLE = ("corpus", "method", "model", "protocol", "eval_split", "n_questions", "mixing_mode",
               "epochs")
 # A CSV of results obtained elsewhere may use these shorter names.

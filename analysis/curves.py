@@ -29,7 +29,16 @@ class SliceFit:
 def slices(rows: list[dict], how: str) -> dict[str, list[dict]]:
     """group: one curve per (mixing ratio, LR); envelope: per mixing ratio, at each budget the
     runs of the LR with the best mean accuracy there (the max over LRs favours noise upwards a
-    little: an optimistic envelope); none: every row on one curve."""
+    little: an optimistic envelope); none: every row on one curve. Rows of several inputs are
+    sliced input by input, each slice named `<input>: <slice>`."""
+    by_input = _by(rows, lambda r: r.get("input") or "")
+    if len(by_input) > 1:
+        return {f"{label}: {name}": part for label, some in by_input.items()
+                for name, part in _slices(some, how).items()}
+    return _slices(rows, how)
+
+
+def _slices(rows: list[dict], how: str) -> dict[str, list[dict]]:
     if how == "none":
         return {"all": rows}
     if how == "group":

@@ -12,6 +12,9 @@ from entigraph.analysis.bootstrap import percentiles
 from entigraph.analysis.curves import SliceFit
 
 GRID = 200  # points along a drawn curve
+# Reference lines, highest first: black and grey, told apart by style.
+REFERENCE_STYLES = [("black", "--"), ("dimgray", "-."), ("black", ":"), ("dimgray", "--"),
+                    ("black", "-."), ("dimgray", ":")]
 
 
 def _pyplot():
@@ -41,9 +44,10 @@ def _grid(s: SliceFit) -> np.ndarray:
 def plot_curves(fitted: list[SliceFit], headline: str, references: dict[str, float],
                 chance, confidence: float, path: Path) -> None:
     """Every slice's runs; the headline slice with every fitted family and its band, the other
-    slices with their best family only."""
+    slices with their best family only. A slice's runs and its best curve share a colour; the
+    headline's other families take colours no slice has."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, s in enumerate(fitted):
         color = colors[i % len(colors)]
@@ -54,7 +58,7 @@ def plot_curves(fitted: list[SliceFit], headline: str, references: dict[str, flo
                 continue
             x = _grid(s)
             style = "-" if name == best else ["--", ":", "-."][j % 3]
-            line_color = color if s.name != headline else colors[(j + len(fitted)) % len(colors)]
+            line_color = color if name == best else colors[(j + len(fitted)) % len(colors)]
             ax.plot(10 ** x, 100 * f.predict(x), style, color=line_color, label=f"{s.name}: {name}")
             if name in s.bands:
                 curves = np.array([f.family.curve(x, t) for t in s.bands[name].thetas])
@@ -62,8 +66,10 @@ def plot_curves(fitted: list[SliceFit], headline: str, references: dict[str, flo
                 lo, hi = np.clip(percentiles(curves, confidence), 0.0, 1.0)
                 ax.fill_between(10 ** x, 100 * lo, 100 * hi, color=line_color, alpha=0.15, lw=0)
         _mark_prediction(ax, s, color)
-    for j, (label, value) in enumerate(sorted(references.items())):
-        ax.axhline(100 * value, color="black", linestyle=["-.", "--", ":"][j % 3], lw=1, label=label)
+    for j, (label, value) in enumerate(sorted(references.items(), key=lambda kv: -kv[1])):
+        color, style = REFERENCE_STYLES[j % len(REFERENCE_STYLES)]
+        ax.axhline(100 * value, color=color, linestyle=style, lw=1,
+                   label=f"{label} ({100 * value:.2f}%)")
     if chance is not None:
         ax.axhline(100 * chance, color="grey", linestyle=":", label=f"chance ({100 * chance:g}%)")
     ax.set_xscale("log")
@@ -71,7 +77,8 @@ def plot_curves(fitted: list[SliceFit], headline: str, references: dict[str, flo
     ax.set_ylabel("QA accuracy (%)")
     ax.set_title(f"bands: {100 * confidence:g}% bootstrap intervals", fontsize="small")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="x-small", loc="best")
+    # Outside the axes: with several slices and references it would hide the runs.
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

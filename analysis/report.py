@@ -7,8 +7,9 @@ from pathlib import Path
 
 from entigraph.analysis.collect import Results, csv_text, write_tables
 from entigraph.analysis.curves import SliceFit, fit_slice, slices
+from entigraph.analysis.paper import reference_lines
 from entigraph.analysis.plots import plot_curves, plot_residuals
-from entigraph.analysis.sources import load
+from entigraph.analysis.sources import input_label, inputs, load
 from entigraph.errors import EntigraphError
 from entigraph.records import write_atomic, write_json_atomic
 
@@ -26,8 +27,8 @@ def fit_all(results: Results, cfg) -> list[SliceFit]:
         budgets = max(s.points.budgets for s in fitted)
         needs = "; ".join(f"{name}: {v['skipped']}" for name, v in
                           fitted[0].summary["families"].items())
-        raise EntigraphError(f"input={cfg.input}: too few token budgets to fit a curve (at most "
-                             f"{budgets} in a slice). {needs}")
+        raise EntigraphError(f"input={input_label(cfg.input)}: too few token budgets to fit a "
+                             f"curve (at most {budgets} in a slice). {needs}")
     return fitted
 
 
@@ -36,12 +37,14 @@ def headline(fitted: list[SliceFit]) -> SliceFit:
     return max(fitted, key=lambda s: (s.points.budgets, len(s.points.x), s.name))
 
 
-def fit_document(fitted: list[SliceFit], main: SliceFit, cfg) -> dict:
+def fit_document(fitted: list[SliceFit], main: SliceFit, references: dict[str, float],
+                 cfg) -> dict:
     return {
-        "input": cfg.input, "slice_by": cfg.slice_by, "confidence": cfg.fit.confidence,
+        "input": cfg.input if isinstance(cfg.input, str) else inputs(cfg.input),
+        "slice_by": cfg.slice_by, "confidence": cfg.fit.confidence,
         "interval_source": cfg.fit.interval_source, "headline_slice": main.name,
         "families": main.summary["families"], "best": main.summary["best"],
-        "slices": {s.name: s.summary for s in fitted},
+        "slices": {s.name: s.summary for s in fitted}, "references": references,
     }
 
 
@@ -111,7 +114,8 @@ def write_report(cfg) -> tuple[dict[str, Path], dict]:
     main = headline(fitted)
     output_dir = Path(cfg.output_dir)
     outputs = write_tables(results, output_dir)
-    document = fit_document(fitted, main, cfg)
+    references = reference_lines(cfg.references, results.rows)
+    document = fit_document(fitted, main, references, cfg)
     rows = summary_rows(fitted)
     outputs.update(fit=output_dir / "fit.json", fits_md=output_dir / "fits.md",
                    fits_csv=output_dir / "fits.csv", plot=output_dir / "accuracy_vs_tokens.png",
@@ -119,8 +123,7 @@ def write_report(cfg) -> tuple[dict[str, Path], dict]:
     write_json_atomic(outputs["fit"], document)
     write_atomic(outputs["fits_md"], markdown(rows))
     write_atomic(outputs["fits_csv"], csv_text(SUMMARY_COLUMNS, rows))
-    plot_curves(fitted, main.name, dict(cfg.references), cfg.chance, cfg.fit.confidence,
-                outputs["plot"])
+    plot_curves(fitted, main.name, references, cfg.chance, cfg.fit.confidence, outputs["plot"])
     plot_residuals(main, outputs["residuals"])
     if cfg.wandb.project or cfg.wandb.run_id:
         from entigraph.analysis.publish import log_to_wandb

@@ -1,5 +1,6 @@
-"""Where results come from: `input=` names run folders, a CSV table, `wandb:<entity>/<project>`
-or `optuna:<storage>`; every source gives the same tidy rows (collect.COLUMNS)."""
+"""Where results come from: `input=` names run folders, a CSV table, `wandb:<entity>/<project>`,
+`optuna:<storage>` or `paper` (the paper's published points), or a list of these; every source
+gives the same tidy rows (collect.COLUMNS), their `input` column naming the source."""
 from __future__ import annotations
 
 import re
@@ -7,28 +8,60 @@ from pathlib import Path
 
 from entigraph.analysis.collect import (
     Results, add_run, check, config_row, read_runs, read_table, select)
+from entigraph.analysis.paper import PAPER, paper_results
 from entigraph.errors import EntigraphError
 from entigraph.records import RECORD
 
 WANDB, OPTUNA = "wandb:", "optuna:"
 
 
+def inputs(value) -> list[str]:
+    """`input` as a list of sources: one source, or a list of them."""
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def input_label(value) -> str:
+    """`input` as a user would type it, for messages and fit.json."""
+    return value if isinstance(value, str) else "[" + ",".join(inputs(value)) + "]"
+
+
 def load(cfg) -> Results:
-    """The checked rows of `cfg.input`, narrowed to `cfg.where`."""
-    source = cfg.input
+    """The rows of every source of `cfg.input`, narrowed to `cfg.where`. Each source's rows are
+    checked on their own (and later sliced apart): sources may measure different things, as
+    the paper's curves and a user's runs do."""
+    combined = Results([])
+    for source in inputs(cfg.input):
+        results = select(read(source, cfg), dict(cfg.where))
+        for row in results.rows:
+            row["input"] = row.get("input") or source  # a cached table keeps its rows' inputs
+        labels = {row["input"] for row in results.rows}
+        for label in sorted(labels):
+            check([r for r in results.rows if r["input"] == label],
+                  source if len(labels) == 1 else label)
+        if not labels:
+            check([], source)
+        twice = {r["run"] for r in combined.rows} & {r["run"] for r in results.rows}
+        if twice:
+            raise EntigraphError(f"input={input_label(cfg.input)}: run {sorted(twice)[0]} comes "
+                                 f"from two sources; list each source once")
+        combined.rows += results.rows
+        combined.questions.update(results.questions)
+    return combined
+
+
+def read(source: str, cfg) -> Results:
+    """The rows of one source."""
+    if source == PAPER:
+        return paper_results()
     if source.startswith(WANDB):
-        results = wandb_results(source[len(WANDB):], cfg.wandb.group, list(cfg.wandb.tags))
-    elif source.startswith(OPTUNA):
-        results = optuna_results(source[len(OPTUNA):], cfg.study)
-    elif source.endswith(".csv"):
+        return wandb_results(source[len(WANDB):], cfg.wandb.group, list(cfg.wandb.tags))
+    if source.startswith(OPTUNA):
+        return optuna_results(source[len(OPTUNA):], cfg.study)
+    if source.endswith(".csv"):
         if not Path(source).exists():
             raise EntigraphError(f"input={source}: no such file")
-        results = read_table(Path(source))
-    else:
-        results = read_runs(source)
-    results = select(results, dict(cfg.where))
-    check(results.rows, source)
-    return results
+        return read_table(Path(source))
+    return read_runs(source)
 
 
 def wandb_row(run_path: str, job_type: str, config: dict, summary: dict) -> dict | None:

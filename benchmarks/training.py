@@ -247,7 +247,7 @@ class BlockDataset(torch.utils.data.Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict:
-        block = torch.from_numpy(self.data.batch([i])[0])
+        block = torch.from_numpy(self.data.batch([i], epoch=0)[0])  # one epoch, no replay
         return {"input_ids": block, "labels": block}
 
 
@@ -306,8 +306,8 @@ def check_blocks(cfg) -> dict:
     spans = select_budget(syn.offsets, cfg.data.synthetic_tokens, cfg.seed)
     stream = np.concatenate([syn.tokens[a:b] for a, b in spans])  # copied here, to compare
     n = len(data)
-    blocks = data.batch(np.arange(n))
-    assert blocks.shape == (n, bs) and not data.is_replay.any()
+    blocks = data.batch(np.arange(n), epoch=0)
+    assert blocks.shape == (n, bs) and not data.epoch(0)[1].any()
     assert np.array_equal(blocks.ravel(), np.asarray(stream[: n * bs], dtype=np.int64)), \
         "blocks are not the token stream cut into pieces"
     eos = int((blocks == tokenizer.eos_token_id).sum())

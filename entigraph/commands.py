@@ -30,8 +30,14 @@ def generate(cfg: DictConfig) -> dict:
         for kind, row in {**plan["by_kind"], "total": plan["total"]}.items():
             print(f"{kind:>10}: {row['calls']:>9,} calls  {row['input_tokens']:>13,} input tokens  "
                   f"{row['output_tokens']:>12,} output tokens  ${row['dollars']:,.2f}")
-        print("dry run: no call was made (estimates use synthesis.max_entities entities a "
-              "document and synthesis.expected_output_tokens a call)")
+        counts, syn = plan["documents_by_entity_count"], cfg.synthesis
+        if syn.method == "entigraph":
+            cap = "no cap" if syn.max_entities is None else f"cap {syn.max_entities}"
+            print(f"entities: the stored extraction's count for {counts['stored']} documents, "
+                  f"synthesis.expected_entities={syn.expected_entities} ({cap}) for "
+                  f"{counts['expected']}")
+        print(f"dry run: no call was made (output tokens estimated at "
+              f"synthesis.expected_output_tokens={cfg.synthesis.expected_output_tokens} a call)")
         return plan
     manifest = generate_corpus(docs, cfg)
     totals = manifest["totals"]

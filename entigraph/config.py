@@ -57,8 +57,11 @@ class GeneratorConfig:
     max_in_flight: int = knob(64, gt=0)  # concurrent requests
     request_timeout_s: float = knob(120.0, gt=0.0)
     max_retries: int = knob(6, ge=0)  # per request, with backoff, on 429, 5xx and timeouts
-    # Extraction output: a JSON schema (structured output) or plain JSON mode.
-    structured_output: str = knob("json_schema", choices=["json_schema", "json_object"])
+    # Extraction output: a JSON schema (structured output) or plain JSON mode. auto: the schema
+    # for vLLM and for models known to take it (gpt-4o-2024-08-06 and later, gpt-4o-mini, ...),
+    # JSON mode otherwise; a server that answers the schema with HTTP 400 switches the run to
+    # JSON mode (llm.resolve_structured_output).
+    structured_output: str = knob("auto", choices=["auto", "json_schema", "json_object"])
     context_tokens: int = knob(128000, gt=0)  # documents that do not fit are refused
     # Dollars per million tokens, for the cost in the manifest and the dollar budget.
     price_input_per_mtok: float = knob(0.0, ge=0.0)
@@ -81,10 +84,15 @@ class SynthesisConfig:
     # entigraph: entities, then relations of pairs and triples; rephrase: WRAP-style
     # paraphrases in three styles; raw: the documents themselves (no generator calls).
     method: str = knob("entigraph", choices=["entigraph", "rephrase", "raw"])
-    prompt_set: str = knob("entigraph-v1", choices=["entigraph-v1"])
-    max_entities: int = knob(12, gt=0)  # entities kept per document, in extraction order
-    # Triples are all C(n,3) shuffled with `seed`; only the first `max_triples` are analysed.
-    max_triples: int = knob(20, ge=0)
+    # entigraph-v2: the official code's semantics; entigraph-v1: a variant (entigraph/prompts.py).
+    prompt_set: str = knob("entigraph-v2", choices=["entigraph-v2", "entigraph-v1"])
+    # Entities kept per document, in extraction order (null: every entity extracted).
+    max_entities: Optional[int] = knob(12, gt=0)
+    # Triples are all C(n,3) shuffled with `seed`; only the first `max_triples` are analysed
+    # (null: all of them).
+    max_triples: Optional[int] = knob(20, ge=0)
+    # Dry run: entities assumed for a document whose extraction is not stored yet.
+    expected_entities: int = knob(40, gt=0)
     extraction_attempts: int = knob(3, gt=0)  # samples tried before a document is failed
     rephrase_rounds: int = knob(4, gt=0)  # rephrase: rounds of the three styles per document
     # Budgets: no call starts once generated tokens or dollars reach these (null: no limit).
@@ -127,8 +135,9 @@ class DataConfig:
     # Unique synthetic tokens drawn (seeded, nested) from the corpus; null takes all of it.
     synthetic_tokens: Optional[int] = knob(None, gt=0)
     # Share of training blocks drawn from the replay corpus. add: replay blocks are added (every
-    # synthetic token is still seen each epoch); replace: the reference code's rule, each
-    # synthetic block replaced by a replay block with this probability.
+    # synthetic token is still seen each epoch); replace: the reference code's rule, each time a
+    # synthetic block is read (every epoch) a coin with this probability swaps it for a random
+    # replay block, seeded by (seed, epoch, block); ~r^epochs of the blocks are never seen.
     mixing_ratio: float = knob(0.0, ge=0.0, lt=1.0)
     mixing_mode: str = knob("add", choices=["add", "replace"])
     replay_path: Optional[str] = None
@@ -137,12 +146,14 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """AdamW; the defaults are the paper's (the HF Trainer's betas 0.9, 0.999 and eps 1e-8)."""
     lr: float = knob(5e-6, gt=0.0)
     weight_decay: float = knob(0.01, ge=0.0)
     warmup_ratio: float = knob(0.05, ge=0.0, lt=1.0)
     schedule: str = knob("cosine", choices=["cosine", "linear", "constant"])
     beta1: float = knob(0.9, ge=0.0, lt=1.0)
-    beta2: float = knob(0.95, ge=0.0, lt=1.0)
+    beta2: float = knob(0.999, ge=0.0, lt=1.0)
+    eps: float = knob(1e-8, gt=0.0)  # AdamW's denominator term
     grad_clip: float = knob(1.0, ge=0.0)
 
 
@@ -178,7 +189,8 @@ class CotConfig:
     # wrong: a question with no parseable sample counts as wrong (honest); drop: left out of the
     # denominator, as the reference scoring did. The parse rate is reported either way.
     unparsed: str = knob("wrong", choices=["wrong", "drop"])
-    max_new_tokens: int = knob(384, gt=0)
+    # Cap on each sample's reasoning and answer: 300, as the official code generates.
+    max_new_tokens: int = knob(300, gt=0)
     seed: int = 0
 
 
@@ -190,6 +202,7 @@ class EvalConfig:
     backend: str = knob("hf", choices=["hf", "vllm"])
     # vllm backend: arguments for vllm.LLM as lm-eval passes them, e.g. on CPU
     # {dtype: float32, max_model_len: 4096, enforce_eager: true, kv_cache_memory_bytes: 1e9}.
+    # enable_prefix_caching is true unless set here (the cot samples then share one prefill).
     vllm_args: dict[str, Any] = field(default_factory=dict)
     split: str = knob("all", choices=["all", "validation", "test"])
     # Share of articles (sorted by title) held out for validation in the reference split.
@@ -310,13 +323,19 @@ class AnalyzeWandbConfig:
     mode: str = knob("auto", choices=["auto", "online", "offline", "disabled"])
 
 
+# references=<name>: the paper's closed-book reference lines, or those and its open-book +RAG ones.
+REFERENCE_SETS = ["paper", "paper_with_rag"]
+
+
 @dataclass
 class AnalyzeConfig:
     command: str = "analyze"
     # A sweep folder, a glob of run folders, a CSV table of (tokens, accuracy[, questions,
-    # group]) such as an earlier analysis's results.csv, wandb:<entity>/<project>, or
-    # optuna:<storage URL or journal file>.
-    input: str = "${paths.runs}"
+    # group]) such as an earlier analysis's results.csv, wandb:<entity>/<project>,
+    # optuna:<storage URL or journal file>, paper (the paper's Figure 2 points, shipped with the
+    # package); or a list of these, e.g. input=[outputs/runs,paper]: each source's rows are
+    # checked and sliced on their own, the slices named '<source>: <slice>'.
+    input: Any = "${paths.runs}"
     output_dir: str = "${paths.root}/analysis"
     study: Optional[str] = None  # optuna input: the study name (optional if it is the only one)
     # Keep only rows whose columns have these values, e.g. +where.protocol=mc +where.lr=1e-4.
@@ -324,15 +343,34 @@ class AnalyzeConfig:
     # group: a curve per (mixing ratio, LR); envelope: per mixing ratio, the best LR at each
     # budget; none: all runs on one curve.
     slice_by: str = knob("group", choices=["group", "envelope", "none"])
-    # Horizontal reference lines, label -> accuracy: '++references={Llama 3 8B base: 0.3949}'.
-    references: dict[str, float] = field(default_factory=dict)
+    # Horizontal reference lines: a named set (paper, paper_with_rag) or label -> accuracy,
+    # '++references={Llama 3 8B base: 0.3949}'; null: the paper's set when input has paper,
+    # else none ({}: none).
+    references: Any = None
     chance: Optional[float] = knob(0.25, ge=0.0, le=1.0)  # a chance line; null: none
     fit: AnalyzeFitConfig = field(default_factory=AnalyzeFitConfig)
     wandb: AnalyzeWandbConfig = field(default_factory=AnalyzeWandbConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
+    def check(self) -> None:
+        sources = [self.input] if isinstance(self.input, str) else self.input
+        if not isinstance(sources, list) or not sources \
+                or not all(isinstance(v, str) and v for v in sources):
+            raise ConfigError(f"config: input={self.input!r} is not allowed; set input to a "
+                              f"source or a list of them, e.g. input=[outputs/runs,paper]")
+        refs = self.references
+        if refs is None or refs in REFERENCE_SETS:
+            return
+        if not isinstance(refs, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                for v in refs.values()):
+            raise ConfigError(f"config: references={refs!r} is not allowed; set references to "
+                              f"one of: {', '.join(REFERENCE_SETS)}, or label: accuracy (a "
+                              f"fraction), e.g. '++references={{Llama 3 8B base: 0.3949}}'")
 
-def _basename(path: str) -> str:
+
+def _basename(path: Optional[str]) -> str:
+    # None (an unset generator.model) is refused by GeneratorConfig.check with the fix.
     return str(path).rstrip("/").split("/")[-1]
 
 

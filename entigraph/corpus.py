@@ -32,9 +32,25 @@ class Document:
 
     @property
     def header(self) -> str:
-        """The line that introduces the document to a generator, so it can cite the title."""
+        """The line that introduces the document to a generator, so it can cite the title
+        (prompt set entigraph-v1: the author as stored)."""
         year = f" ({self.year})" if self.year else ""
         return f'"{self.title}" by {self.author}{year}'
+
+    @property
+    def citation(self) -> str:
+        """The header line the official code puts above an article: "<title>", <First Last>,
+        <year>. (an unknown author or year drops out)."""
+        parts = [f'"{self.title}"'] + [str(p) for p in (first_last(self.author), self.year)
+                                       if p and str(p).lower() != "unknown"]
+        return ", ".join(parts) + "."
+
+
+def first_last(author: str) -> str:
+    """An author written "First Last", as the official code writes them: QuALITY stores "Last,
+    First" (exactly one comma); any other form is kept as it is."""
+    parts = author.split(",")
+    return f"{parts[1].strip()} {parts[0].strip()}" if len(parts) == 2 else author.strip()
 
 
 # --- loaders ------------------------------------------------------------------------------

@@ -1,11 +1,60 @@
 """The paper's five-shot chain-of-thought QA prompt, its answer parser and sample selection rules.
 
-Every block has the same structure (design brief §3): an example heading, a Question section, a
-Choices section with lines `A. ...` to `D. ...`, and a Thought Process and Answer section whose
-reasoning ends in a line `Answer: <letter>.`. The five examples are about famous books (none is a
-QuALITY article) and were written for this project. The block of the question asked ends right
-after its "Thought Process and Answer" heading; generation stops at the next heading, and the
-answer is read from the first `Answer:` line (where the examples end their blocks).
+The layout is the official code's (design brief §3; ZitongYang/Synthetic_Continued_Pretraining,
+utils/prompt_utils.py and tasks/quality.py); the five worked examples are about famous books
+(none is a QuALITY article) and were written for this project:
+
+    ## Example 1
+    ### Question
+    In the context of "<Title>", written by <First Last> in <year>, <question> There is only one correct choice.
+    ### Choices
+    A. ...
+    B. ...
+    C. ...
+    D. ...
+    ### Thought Process and Answer
+    Thought process: <reasoning>
+    Answer: <letter>.
+
+    ## Example 2
+    ...
+    ## Example 6
+    ### Question
+    ... (the question asked) ...
+    ### Thought Process and Answer
+    Thought process:
+
+Lines are joined by single newlines, one blank line separates the examples, and the question's
+first letter is lower-cased where it follows the comma (the official `uncapitalize_first`, applied
+blindly: a question opening on a name gets it lower-cased too, as in the paper's runs). Authors
+are written "First Last" (the caller converts QuALITY's "Last, First" with
+`entigraph.corpus.first_last`); an unknown author or year drops out of the sentence.
+
+Stop and parse rule. The official run stopped vLLM on the answer line itself (stop strings
+"Answer: A.\\n", "Answer: AB.\\n", ... every permutation of the letters) and kept only the samples
+that stopped there, reading the letter before the final ".". lm-eval 0.4.13 cannot do that: both
+its transformers and vLLM wrappers cut every `until` string, and all that follows it, out of the
+returned text (lm_eval.models.utils.postprocess_generated_text), so stopping on the answer line
+would lose the letter. Here generation stops at the start of the next block or section
+(STOP_SEQUENCES: "\\n## ", "\\n### "; in this layout neither comes before the answer line of a
+well-formed answer), and `parse_answer` reads the answer from the first line that is
+`Answer: X.` with X one letter A-D: the line where the official generation would have stopped;
+whatever follows it was never generated there and is ignored here. Mechanically:
+
+- exact form: "Answer: " then the letter(s) then "." closing the line. "Answer: C" (no period),
+  "Answer: (C).", "Answer:  C." or "Answer: C. " never matched an official stop string (the
+  official run would have generated past them): they are not answer lines, and the scan goes on
+  to a later line. Two explicit leniencies: leading spaces or tabs are allowed, and the end of
+  the returned text closes a line as a newline does (the newline after "." may be the first
+  character of the stop string lm-eval cut off, as in "Answer: C.\\n## Example 7"; so a sample
+  that ends on "Answer: C." at end-of-text or at the token cap, which the official run dropped,
+  counts here). One deliberate strictness: other text before "Answer:" on the same line ("... so
+  the Answer: C.") does not make an answer line, though the official stop strings matched
+  anywhere in the text; the examples always give the answer a line of its own.
+- several letters ("Answer: AB.", any permutation of distinct letters, as the official stop
+  strings) end the scan unparsed. The official code would have taken the last letter (the
+  character before the "."): a quirk deliberately not copied.
+- nothing after the first answer line counts ("Answer: A.\\nAnswer: C." is A).
 
 Standard library only: evaluation imports it, and so do the tests.
 """
@@ -17,9 +66,9 @@ from collections import Counter
 from typing import Optional, Sequence
 
 LETTERS = "ABCD"
-HEADING = "### Example {n}"
-# Generation stops at the start of the next block (or section).
-STOP_SEQUENCES = ["\n### ", "\n#### "]
+HEADING = "## Example {n}"
+# Generation stops at the start of the next block or section (see the module docstring).
+STOP_SEQUENCES = ["\n## ", "\n### "]
 
 FEWSHOT = [
     {
@@ -78,45 +127,55 @@ FEWSHOT = [
     },
 ]
 
-_ANSWER_LINE = re.compile(r"^\s*Answer:\s*(.*?)\s*$")
-_ONE_LETTER = re.compile(r"^\(?([A-D])\)?\.?$")
+# A line that would have ended the official generation: "Answer: <letters>." on its own line.
+_ANSWER_LINE = re.compile(r"[ \t]*Answer: ([A-D]{1,4})\.")
+
+
+def uncapitalize_first(text: str) -> str:
+    """`text` with its first character lower-cased (the official framing of a question)."""
+    return text[:1].lower() + text[1:]
 
 
 def question_text(title: str, author: str, year: str, question: str) -> str:
-    """The paper's framing of a closed-book question; unknown author or year drop out."""
+    """The paper's framing of a closed-book question; unknown author or year drop out.
+    `author` as it should be printed ("First Last"); the question's first letter is lower-cased."""
     source = f'In the context of "{title}"'
     if author:
         source += f", written by {author}"
     if year:
         source += f" in {year}" if author else f", written in {year}"
-    return f"{source}, {question} There is only one correct choice."
+    return f"{source}, {uncapitalize_first(question)} There is only one correct choice."
 
 
 def _block(n: int, title: str, author: str, year: str, question: str,
-           choices: Sequence[str]) -> str:
-    lines = [HEADING.format(n=n), "", "#### Question", question_text(title, author, year, question),
-             "", "#### Choices", *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)), "",
-             "#### Thought Process and Answer", ""]
-    return "\n".join(lines)
+           choices: Sequence[str]) -> list[str]:
+    return [HEADING.format(n=n), "### Question", question_text(title, author, year, question),
+            "### Choices", *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)),
+            "### Thought Process and Answer"]
 
 
 def render(title: str, author: str, year: str, question: str, choices: Sequence[str]) -> str:
     """The whole prompt: five worked examples, then the question's block up to its answer."""
-    shots = [_block(i + 1, ex["title"], ex["author"], ex["year"], ex["question"], ex["choices"])
-             + f"Thought process: {ex['thought']}\nAnswer: {LETTERS[ex['answer']]}.\n\n"
+    shots = ["\n".join(_block(i + 1, ex["title"], ex["author"], ex["year"], ex["question"],
+                              ex["choices"])
+                       + [f"Thought process: {ex['thought']}", f"Answer: {LETTERS[ex['answer']]}."])
              for i, ex in enumerate(FEWSHOT)]
-    target = _block(len(FEWSHOT) + 1, title, author, year, question, choices)
-    return "".join(shots) + target + "Thought process:"
+    target = "\n".join(_block(len(FEWSHOT) + 1, title, author, year, question, choices)
+                       + ["Thought process:"])
+    return "\n\n".join(shots + [target])
 
 
 def parse_answer(completion: str) -> Optional[str]:
-    """The letter of the first `Answer:` line, or None when it names no single letter A-D
-    (no answer line, `Answer: A or B.`, `Answer: E.`, free text, ...)."""
-    for line in completion.splitlines():
-        found = _ANSWER_LINE.match(line)
-        if found:
-            letter = _ONE_LETTER.match(found.group(1))
-            return letter.group(1) if letter else None
+    """The letter of the first answer line of a completion, or None (the rule and its reasons:
+    module docstring). An answer line is `Answer: X.` alone on its line (leading blanks allowed;
+    the end of the text ends a line); X of several distinct letters (`Answer: AB.`) ends the
+    scan unparsed, where the official code would have taken the last letter. Lines such as
+    `Answer: C`, `Answer: (C).` or `Answer: A or B.` are not answer lines: the scan goes on."""
+    for line in completion.split("\n"):
+        found = _ANSWER_LINE.fullmatch(line)
+        if found and len(set(found.group(1))) == len(found.group(1)):
+            letters = found.group(1)
+            return letters if len(letters) == 1 else None
     return None
 
 

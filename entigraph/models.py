@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from entigraph.synthesis import read_items
-from entigraph.tiny_model import build_tiny_model, train_tokenizer
+from entigraph.tiny_model import TOKENIZER_REVISION, build_tiny_model, train_tokenizer
 
 
 def load_tokenizer(model_cfg, corpus_dir: Path):
@@ -15,7 +15,8 @@ def load_tokenizer(model_cfg, corpus_dir: Path):
 
     if model_cfg.pretrained:
         return AutoTokenizer.from_pretrained(model_cfg.pretrained)
-    path = Path(corpus_dir) / f"tokenizer-{model_cfg.name}-v{model_cfg.vocab_size}"
+    path = Path(corpus_dir) / (f"tokenizer-{model_cfg.name}-v{model_cfg.vocab_size}-"
+                               f"{TOKENIZER_REVISION}")
     if not path.exists():
         texts = [item["text"] for item in read_items(corpus_dir)]
         tmp = path.with_name(path.name + ".tmp")

@@ -12,9 +12,11 @@ import json
 import re
 import zlib
 from collections import Counter
+from typing import Optional
 
 from entigraph.corpus import Document
 from entigraph.llm import ChatRequest, ChatResult
+from entigraph.prompts import PromptSet
 
 NAME = "offline-template-v1"
 
@@ -35,8 +37,9 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
 
 
-def extract_entities(doc: Document, max_entities: int) -> dict:
-    """The extraction call's output: {"summary": str, "entities": [str, ...]}."""
+def extract_entities(doc: Document, max_entities: Optional[int], header: str) -> dict:
+    """The extraction call's output: {"summary": str, "entities": [str, ...]}; the summary opens
+    with the document's `header` line."""
     counts: Counter[str] = Counter()
     first_seen: dict[str, int] = {}
     for match in _NAME.finditer(doc.text):
@@ -51,26 +54,26 @@ def extract_entities(doc: Document, max_entities: int) -> dict:
     ranked = sorted(counts, key=lambda n: (-counts[n], first_seen[n]))
     entities = sorted(ranked[:max_entities], key=first_seen.__getitem__)  # extraction order
     summary = " ".join(sentences(doc.text)[:3])
-    return {"summary": f"{doc.header} tells the following. {summary}", "entities": entities}
+    return {"summary": f"{header} tells the following. {summary}", "entities": entities}
 
 
-def analyze_relations(doc: Document, entities: tuple[str, ...]) -> str:
-    """The relation call's output for an entity pair or triple, in the prompt's H3 structure."""
+def analyze_relations(doc: Document, entities: tuple[str, ...], prompts: PromptSet) -> str:
+    """The relation call's output for an entity pair or triple, under the prompt set's H3
+    headings."""
     all_sentences = sentences(doc.text)
     # A fixed rotation per tuple varies the order of the material, as sampling would.
     shift = zlib.crc32("|".join(entities).encode())
+    *entity_headings, interaction = prompts.relation_headings(doc, entities)
     sections = []
-    for entity in entities:
+    for entity, heading in zip(entities, entity_headings):
         mentions = [s for s in all_sentences if entity in s]
-        sections.append(f"### Discussion of {doc.title} in relation to {entity}\n"
-                        f"In \"{doc.title}\" by {doc.author}, {entity} matters. "
+        sections.append(f"{heading}\nIn \"{doc.title}\" by {doc.author}, {entity} matters. "
                         + " ".join(_rotate(mentions, shift)))
     together = [s for s in all_sentences if sum(e in s for e in entities) >= 2]
-    joined = " and ".join(entities)
+    joined = prompts.join_entities(entities)
     body = " ".join(_rotate(together, shift)) or (
         f"{joined} each appear in \"{doc.title}\", though the text never brings them together.")
-    sections.append(f"### Discussion of Interaction between {joined} in context of {doc.title}\n"
-                    f"Within \"{doc.title}\", {joined} are linked. {body}")
+    sections.append(f"{interaction}\nWithin \"{doc.title}\", {joined} are linked. {body}")
     return "\n\n".join(sections)
 
 
@@ -85,17 +88,18 @@ class OfflineBackend:
     """The offline generator behind the Backend interface: answers from each request's `meta`
     (document, kind, entities) instead of its prompt. Token counts are characters / 4."""
 
-    def __init__(self, docs: list[Document], max_entities: int):
+    def __init__(self, docs: list[Document], max_entities: Optional[int], prompts: PromptSet):
         self.docs = {doc.uid: doc for doc in docs}
         self.max_entities = max_entities
+        self.prompts = prompts
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         meta = request.meta
         doc = self.docs[meta["doc"]]
         if meta["kind"] == "extraction":
-            text = json.dumps(extract_entities(doc, self.max_entities))
+            text = json.dumps(extract_entities(doc, self.max_entities, self.prompts.header(doc)))
         elif meta["kind"] == "relation":
-            text = analyze_relations(doc, tuple(meta["entities"]))
+            text = analyze_relations(doc, tuple(meta["entities"]), self.prompts)
         else:
             text = rephrase(doc, meta["style"], meta["sample"])
         prompt = sum(len(m["content"]) for m in request.messages)

@@ -22,7 +22,8 @@ import httpx2  # the HTTP library openai>=3 is built on (its Limits/Timeout type
 import openai
 
 from entigraph.errors import EntigraphError
-from entigraph.llm import ChatRequest, ChatResult, GeneratorError, chat_body
+from entigraph.llm import (ChatRequest, ChatResult, GeneratorError, chat_body,
+                           rejects_response_format, resolve_structured_output)
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,9 @@ class OpenAIBackend:
         self.api_key_env: Optional[str] = generator_cfg.api_key_env
         self.max_retries: int = int(generator_cfg.max_retries)
         self.timeout_s: float = float(generator_cfg.request_timeout_s)
-        self.structured_output: str = generator_cfg.structured_output
+        # json_schema or json_object; a server that refuses the schema switches it (complete).
+        self.structured_output: str = resolve_structured_output(
+            generator_cfg.structured_output, "openai", generator_cfg.model)
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self.preflight_timeout_s = preflight_timeout_s
@@ -236,10 +239,23 @@ class OpenAIBackend:
         return RequestFailed(self._scrub(f"{where}: request {request.key} failed ({what}): "
                                          f"{describe(exc)}"), status=status, attempts=attempts)
 
+    def _schema_refused(self, sent: dict[str, Any], exc: BaseException) -> bool:
+        """True when the server refused the JSON schema we sent: the rest of this run asks for
+        JSON mode (some models, gpt-4-turbo among them, take only that)."""
+        if (sent.get("response_format") or {}).get("type") != "json_schema" \
+                or not rejects_response_format(describe(exc)):
+            return False
+        if self.structured_output == "json_schema":  # concurrent refusals switch once
+            self.structured_output = "json_object"
+            log.warning("%s refused response_format json_schema for %s (%s); asking for JSON "
+                        "mode (json_object) from now on in this run", self.base_url or
+                        "the OpenAI API", self.model, self._scrub(describe(exc)))
+        return True
+
     async def complete(self, request: ChatRequest) -> ChatResult:
-        kwargs = self._create_kwargs(request)
         attempt = 0
         while True:
+            kwargs = self._create_kwargs(request)
             try:
                 # post() with cast_to=object: the official client's HTTP layer and error
                 # mapping, without validating the body against every message type and building
@@ -248,6 +264,8 @@ class OpenAIBackend:
                                                      cast_to=object)
                 return self._result(completion, request)
             except (openai.APIConnectionError, openai.APIStatusError) as exc:
+                if self._schema_refused(kwargs, exc):
+                    continue  # at once, in JSON mode; not a retry
                 if not is_retryable(exc) or attempt >= self.max_retries:
                     raise self._failure(request, exc, attempt + 1) from None
                 delay = self._wait_before_retry(exc, attempt)

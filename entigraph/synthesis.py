@@ -12,7 +12,9 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field
+from math import comb
 from pathlib import Path
+from typing import Optional
 
 from entigraph.call_store import call_key
 from entigraph.corpus import Document
@@ -55,14 +57,22 @@ def read_corpus(corpus_dir: Path) -> list[dict]:
 
 # --- planning -------------------------------------------------------------------------------
 
-def entity_tuples(entities: list[str], max_triples: int, rng: random.Random) -> list[tuple[str, ...]]:
-    """Every pair in extraction order, then up to `max_triples` triples in a seeded shuffle."""
+def entity_tuples(entities: list[str], max_triples: Optional[int],
+                  rng: random.Random) -> list[tuple[str, ...]]:
+    """Every pair in extraction order, then the first `max_triples` triples (None: all) of a
+    seeded shuffle of all of them, so raising the cap only adds triples."""
     triples = list(itertools.combinations(entities, 3))
     rng.shuffle(triples)
     return list(itertools.combinations(entities, 2)) + triples[:max_triples]
 
 
-def parse_extraction(text: str, max_entities: int) -> tuple[str, list[str]]:
+def relation_calls(entities: int, max_triples: Optional[int]) -> int:
+    """Relation calls for a document with this many entities (what entity_tuples yields)."""
+    triples = comb(entities, 3)
+    return comb(entities, 2) + (triples if max_triples is None else min(triples, max_triples))
+
+
+def parse_extraction(text: str, max_entities: Optional[int]) -> tuple[str, list[str]]:
     """(summary, entities) from an extraction reply; ValueError says what is wrong with it."""
     try:
         reply = json.loads(text)
@@ -92,14 +102,18 @@ class Plan:
     prompts: PromptSet
     generator: object  # GeneratorConfig
 
+    def key(self, doc: Document, kind: str, entities=(), sample=0, style=None) -> str:
+        """The call store key of a request (what `request` would build)."""
+        return call_key(self.prompts.name, self.generator.model, doc.uid,
+                        kind if style is None else f"{kind}:{style}", tuple(entities), sample)
+
     def request(self, doc: Document, kind: str, messages, entities=(), sample=0, style=None,
                 schema=None) -> ChatRequest:
         g = self.generator
-        key = call_key(self.prompts.name, g.model, doc.uid, kind if style is None else f"{kind}:{style}",
-                       tuple(entities), sample)
         meta = {"doc": doc.uid, "kind": kind, "entities": list(entities), "sample": sample,
                 "style": style}
-        return ChatRequest(key, messages, g.temperature, g.max_tokens, schema, None, meta)
+        return ChatRequest(self.key(doc, kind, entities, sample, style), messages, g.temperature,
+                           g.max_tokens, schema, None, meta)
 
     def extraction(self, doc: Document, attempt: int) -> ChatRequest:
         return self.request(doc, "extraction", self.prompts.extraction_messages(doc),
@@ -177,9 +191,10 @@ async def rephrase_method(docs, plan: Plan, engine: Engine, cfg) -> Outcome:
                           for r in requests if r.key in results])
 
 
-def raw_items(docs: list[Document]) -> list[dict]:
-    return [{"id": doc.uid, "doc_uid": doc.uid, "kind": "raw", "entities": [], "text": doc.text}
-            for doc in docs]
+def raw_items(docs: list[Document], prompts: PromptSet) -> list[dict]:
+    """The documents themselves, each under its header line (title, author, year)."""
+    return [{"id": doc.uid, "doc_uid": doc.uid, "kind": "raw", "entities": [],
+             "text": f"{prompts.header(doc)}\n{doc.text}"} for doc in docs]
 
 
 METHODS = {"entigraph": entigraph_method, "rephrase": rephrase_method}

@@ -7,6 +7,11 @@ from __future__ import annotations
 from typing import Iterable
 
 EOS = "<|endoftext|>"
+# A BOS of its own, as Llama 3's <|begin_of_text|>: training text is framed BOS, text, EOS.
+BOS = "<|begin_of_text|>"
+# Names the tokenizer's special tokens in its cache folder, so a corpus folder never serves a
+# tokenizer trained under older rules (r1: BOS was the EOS token).
+TOKENIZER_REVISION = "r2"
 # Positions are rotary (nothing learned per position), so the context can exceed the training
 # block for free: room for the five-shot chain-of-thought prompt and its answer.
 MIN_CONTEXT = 4096
@@ -20,11 +25,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, BOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS,
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS,
                                    pad_token=EOS, unk_token=EOS)
 
 

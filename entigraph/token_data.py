@@ -1,12 +1,15 @@
 """Token arrays: each corpus tokenised once, a budget selected by index, blocks read by index.
 
-A token folder holds `tokens.bin` (all texts back to back, each followed by EOS), `offsets.npy`
-(text boundaries) and `manifest.json`, keyed by the source's content and the tokenizer, so no
-run re-tokenises and no cache is read with the wrong tokenizer.
+A token folder holds `tokens.bin` (all texts back to back, each framed as BOS, text, EOS, as the
+reference tokenisation with Llama 3 does; EOS only where the tokenizer has no BOS), `offsets.npy`
+(text boundaries: text i, with its BOS and EOS, is tokens[offsets[i]:offsets[i + 1]]) and
+`manifest.json`, keyed by the source's content, the tokenizer and the framing, so no run
+re-tokenises and no cache is read with the wrong tokenizer or framing.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import tempfile
@@ -33,15 +36,23 @@ class TokenArrays:
         return int(self.offsets[-1])
 
 
-def cache_key(source_digest: str, tokenizer_fingerprint: str) -> str:
-    return hashlib.sha256(f"{source_digest}:{tokenizer_fingerprint}".encode()).hexdigest()[:16]
+def framing(tokenizer) -> str:
+    """How each text is framed in a token array: "bos+eos" where the tokenizer has a BOS token
+    (Llama 3's <|begin_of_text|>), else "eos". Part of a token cache's identity."""
+    return "bos+eos" if getattr(tokenizer, "bos_token_id", None) is not None else "eos"
+
+
+def cache_key(source_digest: str, tokenizer_fingerprint: str, text_framing: str) -> str:
+    return hashlib.sha256(f"{source_digest}:{tokenizer_fingerprint}:{text_framing}"
+                          .encode()).hexdigest()[:16]
 
 
 def tokenize_once(texts: Callable[[], list[str]], tokenizer, out_dir: Path, meta: dict) -> TokenArrays:
-    """Tokenise `texts()` into `out_dir` unless a complete cache is already there. `meta` is
-    recorded in the manifest, and an existing cache must agree with it (same source, same
-    tokenizer) or it is refused."""
+    """Tokenise `texts()` into `out_dir` unless a complete cache is already there. `meta`, with
+    the framing, is recorded in the manifest, and an existing cache must agree with it (same
+    source, same tokenizer, same framing) or it is refused."""
     out_dir = Path(out_dir)
+    meta = {**meta, "framing": framing(tokenizer)}
     manifest = out_dir / "manifest.json"
     if not manifest.exists():
         _tokenize(texts(), tokenizer, out_dir, meta)
@@ -54,22 +65,32 @@ def tokenize_once(texts: Callable[[], list[str]], tokenizer, out_dir: Path, meta
 
 
 def _tokenize(texts: list[str], tokenizer, out_dir: Path, meta: dict) -> None:
-    ids: list[list[int]] = []
-    for start in tqdm(range(0, len(texts), BATCH), desc="tokenising", unit="batch"):
-        # The fast tokenizer encodes a batch on all cores.
-        ids.extend(tokenizer(texts[start:start + BATCH], add_special_tokens=False)["input_ids"])
-    lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    """Each batch's ids go to disk as they come: memory holds one batch of ids and one length
+    per text, never the whole corpus."""
+    head = () if meta["framing"] == "eos" else (tokenizer.bos_token_id,)
+    eos = tokenizer.eos_token_id
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
-    tokens = np.fromiter((t for x in ids for t in (*x, tokenizer.eos_token_id)),
-                         dtype=dtype, count=int(offsets[-1]))
     # A folder of this process's own: parallel sweep jobs may tokenise the same corpus at once.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    tokens.tofile(tmp / "tokens.bin")
-    np.save(tmp / "offsets.npy", offsets)
-    write_json_atomic(tmp / "manifest.json", {**meta, "dtype": np.dtype(dtype).name,
-                                              "n_texts": len(ids), "n_tokens": int(offsets[-1])})
+    try:
+        lengths: list[int] = []
+        with open(tmp / "tokens.bin", "wb") as f:
+            for start in tqdm(range(0, len(texts), BATCH), desc="tokenising", unit="batch"):
+                # The fast tokenizer encodes a batch on all cores; we add the framing ourselves.
+                ids = tokenizer(texts[start:start + BATCH], add_special_tokens=False)["input_ids"]
+                sizes = [len(head) + len(x) + 1 for x in ids]
+                lengths.extend(sizes)
+                np.fromiter(itertools.chain.from_iterable((*head, *x, eos) for x in ids),
+                            dtype=dtype, count=sum(sizes)).tofile(f)
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        np.save(tmp / "offsets.npy", offsets)
+        write_json_atomic(tmp / "manifest.json", {**meta, "dtype": np.dtype(dtype).name,
+                                                  "n_texts": len(lengths),
+                                                  "n_tokens": int(offsets[-1])})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         tmp.rename(out_dir)  # the folder appears complete or not at all
     except OSError:  # another job made the same cache first: keep theirs

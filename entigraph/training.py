@@ -1,10 +1,11 @@
 """Continued pretraining of a causal LM with accelerate on a run's training blocks.
 
-The data order is a function of (seed, epoch) alone, so a run killed at any point resumes from
-its last checkpoint (<run_dir>/checkpoint: accelerate's model, optimizer, scheduler and RNG
-state, plus our step counter) on exactly the batches it would have seen, and ends as an
-uninterrupted run does. The last checkpoint is taken at the final step, so a run killed while
-evaluating does not train again; the run's command removes it once the run has completed.
+The data order, and which blocks replace-mode mixing swaps for replay blocks, are a function of
+(seed, epoch) alone, so a run killed at any point resumes from its last checkpoint
+(<run_dir>/checkpoint: accelerate's model, optimizer, scheduler and RNG state, plus our step
+counter) on exactly the batches it would have seen, and ends as an uninterrupted run does. The
+last checkpoint is taken at the final step, so a run killed while evaluating does not train
+again; the run's command removes it once the run has completed.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A
 # Precision and attention kernel too: a run resumed with others would not end as it would have.
 RESUME_KEYS = ("seed", "data", "model", "optim", "trainer.epochs", "trainer.batch_size",
                "trainer.precision", "trainer.attention", "synthesis.output_dir")
+# The rules that turn a config into blocks (2: BOS+EOS framing, replay re-drawn per read): a
+# checkpoint made under other rules would resume on other blocks, so it is refused.
+DATA_RULES = 2
 
 
 def gradient_accumulation(trainer_cfg, num_processes: int) -> int:
@@ -89,17 +93,18 @@ def epoch_order(n_blocks: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def resume_fingerprint(cfg) -> dict:
-    return {key: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
-            if OmegaConf.is_config(OmegaConf.select(cfg, key)) else OmegaConf.select(cfg, key)
-            for key in RESUME_KEYS}
+    return {**{key: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
+               if OmegaConf.is_config(OmegaConf.select(cfg, key)) else OmegaConf.select(cfg, key)
+               for key in RESUME_KEYS}, "data_rules": DATA_RULES}
 
 
 def _check_resumable(state: dict, cfg, checkpoint: Path) -> None:
     now = resume_fingerprint(cfg)
-    changed = [key for key in RESUME_KEYS if state["fingerprint"].get(key) != now[key]]
+    changed = [key for key in now if state["fingerprint"].get(key) != now[key]]
     if changed:
+        what = ", ".join(changed).replace("data_rules", "data rules (an older entigraph's)")
         raise ConfigError(f"config: the checkpoint in {checkpoint} was made with different "
-                          f"{', '.join(changed)}; restore those values, or delete the checkpoint "
+                          f"{what}; restore those values, or delete the checkpoint "
                           f"or choose another run_dir to start afresh")
 
 
@@ -165,7 +170,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     model.set_attn_implementation(training_attention)
     n_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=(cfg.optim.beta1, cfg.optim.beta2))
+                                  betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     steps_per_epoch = math.ceil(len(data) / cfg.trainer.batch_size)
     total_steps = steps_per_epoch * cfg.trainer.epochs
     scheduler = get_scheduler(cfg.optim.schedule, optimizer,
@@ -193,11 +198,12 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
                disable=not accelerator.is_local_main_process)
     rank, world, bs = accelerator.process_index, accelerator.num_processes, cfg.data.block_size
     interval_tokens, interval_start = 0, time.perf_counter()
-    order_epoch, order = None, None
+    order_epoch, order, is_replay = None, None, None
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(len(data), cfg.seed, epoch)
+            is_replay = data.epoch(epoch)[1]  # this epoch's draws (replace-mode mixing)
         batch = order[in_epoch * cfg.trainer.batch_size:(in_epoch + 1) * cfg.trainer.batch_size]
         mine = batch[rank::world]  # this device's share of the global batch
         micro = [mine[i:i + cfg.trainer.micro_batch_size]
@@ -207,7 +213,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
             # Gradients are synchronised across devices only on the last micro-batch.
             sync = nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
             with sync:
-                inputs = torch.from_numpy(data.batch(idx)).to(accelerator.device)
+                inputs = torch.from_numpy(data.batch(idx, epoch)).to(accelerator.device)
                 loss = model(input_ids=inputs, labels=inputs).loss * (len(idx) / len(mine))
                 accelerator.backward(loss)
             loss_sum += loss.item()
@@ -217,7 +223,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
         scheduler.step()
         optimizer.zero_grad()
         step += 1
-        n_replay = int(data.is_replay[batch].sum())
+        n_replay = int(is_replay[batch].sum())  # what this step actually read
         seen["replay"] += n_replay * bs
         seen["synthetic"] += (len(batch) - n_replay) * bs
         interval_tokens += len(batch) * bs

@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any
 
-from entigraph.llm import ChatRequest, ChatResult, GeneratorError
+from entigraph.llm import ChatRequest, ChatResult, GeneratorError, resolve_structured_output
 
 # Output cap for a request that sets no max_tokens (the engine needs one; vLLM's own default is
 # 16). Lowered further when the prompt leaves less room in the context (max_model_len).
@@ -169,7 +169,8 @@ class VLLMBackend:
     def __init__(self, generator_cfg: Any):
         self.model: str = generator_cfg.model
         self.engine_args: dict[str, Any] = plain_dict(generator_cfg.engine_args)
-        self.structured_output: str = getattr(generator_cfg, "structured_output", "json_schema")
+        self.structured_output: str = resolve_structured_output(
+            getattr(generator_cfg, "structured_output", "auto"), "vllm", generator_cfg.model)
         self._ids = itertools.count()
         self._prefix = f"entigraph-{os.getpid()}-{id(self):x}"
         self._engine = self._start_engine()

@@ -27,6 +27,16 @@ def compose():
     return _compose
 
 
+@pytest.fixture
+def analyze_cfg(compose, tmp_path):
+    """analyze_cfg(input, out="out", *overrides, iterations=20): an `entigraph analyze` config
+    writing to tmp_path/out, with few bootstrap iterations (fast)."""
+    def make(source, out="out", *overrides, iterations=20):
+        return compose("analyze", [f"input={source}", f"output_dir={tmp_path / out}",
+                                   f"fit.bootstrap_iterations={iterations}", *overrides])
+    return make
+
+
 @pytest.fixture(scope="session")
 def generated_root(tmp_path_factory):
     """A paths.root holding the built-in corpus's synthetic corpus, generated once a session."""

@@ -51,6 +51,18 @@ class Fault:
 
 # hook(n, body) -> Fault or None; n counts chat requests from 1.
 Hook = Callable[[int, dict], Optional[Fault]]
+
+# What OpenAI answers a model without structured outputs (gpt-4-turbo) asked for a JSON schema.
+JSON_SCHEMA_REFUSAL = ("Invalid parameter: 'response_format' of type 'json_schema' is not "
+                       "supported with this model. Learn more about supported models at the "
+                       "Structured Outputs guide")
+
+
+def refuse_json_schema(n: int, body: dict) -> Optional[Fault]:
+    """A hook: HTTP 400 for `response_format: json_schema`, as gpt-4-turbo answers it."""
+    if (body.get("response_format") or {}).get("type") == "json_schema":
+        return Fault(400, message=JSON_SCHEMA_REFUSAL)
+    return None
 Responder = Callable[[dict], str]
 
 

@@ -138,14 +138,6 @@ def sweep_table(path, name="power_law", questions=2000, budgets=X, seed=4):
                             for x, y in zip(points.x, points.y)])
 
 
-@pytest.fixture
-def analyze_cfg(compose, tmp_path):
-    def make(source, out="out", *overrides):
-        return compose("analyze", [f"input={source}", f"output_dir={tmp_path / out}",
-                                   "fit.bootstrap_iterations=20", *overrides])
-    return make
-
-
 def test_report_writes_fit_tables_and_figures(analyze_cfg, tmp_path):
     cfg = analyze_cfg(sweep_table(tmp_path / "paper.csv"), "out", "fit.targets=[0.6]",
                       "++references={Llama 3 8B base: 0.3949}")

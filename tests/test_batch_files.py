@@ -153,3 +153,30 @@ def test_round_trip_through_split_files(tmp_path, monkeypatch):
                                for x in read_lines(path)))
         results.update(read_batch_results(out))
     assert {k: r.text for k, r in results.items()} == {"k0": "K0", "k1": "K1", "k2": "K2"}
+
+
+def test_batch_results_refusing_the_json_schema_switch_the_requests_to_json_mode(compose, tmp_path):
+    """A model that answers json_schema with HTTP 400 in a batch: the extractions are written
+    again in JSON mode, and the manifest records the mode used."""
+    from entigraph.corpus import Document
+    from entigraph.generation import generate_corpus
+
+    docs = [Document("d1", "The Keeper", "Writer, Ann", 1920, "Mara Quell kept the lamp.")]
+    overrides = [f"paths.root={tmp_path}", "generator=batch", "generator.model=gpt-4o"]
+    cfg = compose("generate", overrides)
+    generate_corpus(docs, cfg)
+    requests_file = tmp_path / "corpora" / "demo" / "entigraph-entigraph-v2-gpt-4o" / "batch" / "requests.jsonl"
+    [line] = read_lines(requests_file)
+    assert line["body"]["response_format"]["type"] == "json_schema"  # auto: gpt-4o takes it
+    refused = {"id": "batch_req_1", "custom_id": line["custom_id"], "error": None,
+               "response": {"status_code": 400, "body": {"error": {
+                   "message": "Invalid parameter: 'response_format' of type 'json_schema' is "
+                              "not supported with this model."}}}}
+    results = tmp_path / "results.jsonl"
+    results.write_text(json.dumps(refused) + "\n")
+    manifest = generate_corpus(docs, compose("generate", [*overrides,
+                                                          f"generator.batch_results=[{results}]"]))
+    [again] = read_lines(requests_file)
+    assert again["custom_id"] == line["custom_id"]
+    assert again["body"]["response_format"] == {"type": "json_object"}
+    assert manifest["generator"]["structured_output"] == "json_object"

@@ -72,6 +72,30 @@ def test_experiment_preset_overrides_groups(compose):
     assert cfg.data.block_size == 64 and cfg.tracker.mode == "disabled"
 
 
+def test_paper_preset_is_the_papers_recipe(tmp_path):
+    """What `entigraph train experiment=paper_entigraph --cfg job` shows a user: the paper's
+    scoring first, AdamW as the HF Trainer, no entity cap, replay by the reference rule."""
+    import yaml
+
+    out = entigraph("train", "experiment=paper_entigraph", "--cfg", "job", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["eval"]["protocols"] == ["cot", "mc"] and cfg["eval"]["split"] == "test"
+    assert cfg["eval"]["cot"] == {**cfg["eval"]["cot"], "num_samples": 64, "max_new_tokens": 300,
+                                  "selection": "random_valid", "unparsed": "drop"}
+    assert (cfg["optim"]["beta1"], cfg["optim"]["beta2"], cfg["optim"]["eps"]) == (0.9, 0.999, 1e-8)
+    assert cfg["optim"]["lr"] == 5e-6 and cfg["trainer"]["epochs"] == 2
+    assert cfg["synthesis"]["max_entities"] is None and cfg["synthesis"]["max_triples"] == 3000
+    assert cfg["synthesis"]["prompt_set"] == "entigraph-v2"
+    assert cfg["generator"]["model"] == "gpt-4-turbo" and cfg["generator"]["temperature"] == 1.0
+    assert cfg["data"]["mixing_mode"] == "replace" and cfg["data"]["mixing_ratio"] == 0.1
+    for baseline, method, epochs in (("paper_rephrase", "rephrase", 2), ("paper_raw", "raw", 4)):
+        out = entigraph("train", f"experiment={baseline}", "--cfg", "job", cwd=tmp_path)
+        other = yaml.safe_load(out.stdout)
+        assert other["synthesis"]["method"] == method and other["trainer"]["epochs"] == epochs
+        assert other["eval"] == cfg["eval"] and other["optim"] == cfg["optim"]
+
+
 def test_cli_help_lists_every_command(tmp_path):
     out = entigraph("--help", cwd=tmp_path)
     assert out.returncode == 0

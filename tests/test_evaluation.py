@@ -57,13 +57,28 @@ def tiny():
 def test_prompt_follows_the_paper_and_drops_unknown_parts():
     doc, q = QUESTIONS[0]
     assert render_prompt(doc, q) == ('In the context of "The Lamplighter of Varrow Quay", written by '
-                                     'Iselda Marrow in 1931, What did the harbour folk call the '
+                                     'Iselda Marrow in 1931, what did the harbour folk call the '
                                      'brass key?\nAnswer:')
-    assert render_prompt(FOG, QUESTIONS[3][1]).startswith('In the context of "Fog on the Banks", Which')
+    assert render_prompt(FOG, QUESTIONS[3][1]).startswith('In the context of "Fog on the Banks", which')
     no_author = Document("x", "T", "", 1950, "")
-    assert render_prompt(no_author, q).startswith('In the context of "T", written in 1950, What')
+    assert render_prompt(no_author, q).startswith('In the context of "T", written in 1950, what')
     no_year = Document("x", "T", "Ann Bell", None, "")
-    assert render_prompt(no_year, q).startswith('In the context of "T", written by Ann Bell, What')
+    assert render_prompt(no_year, q).startswith('In the context of "T", written by Ann Bell, what')
+
+
+def test_last_first_author_is_printed_first_last_and_the_question_lower_cased():
+    """QuALITY stores "Last, First"; both prompts print "First Last", as the official code does,
+    and lower-case the question's first letter after the comma (the stored question is kept)."""
+    doc = Document("k", "The Keeper", "Marrow, Iselda", 1931, "")
+    q = Question("k-1", "Why did Hester leave the quay?", ("a", "b", "c", "d"), 0)
+    row = question_row(doc, q)
+    assert row["author"] == "Iselda Marrow" and row["question"] == q.text
+    framed = ('In the context of "The Keeper", written by Iselda Marrow in 1931, why did Hester '
+              'leave the quay?')
+    assert render_prompt(doc, q) == framed + "\nAnswer:"
+    target = row["cot_prompt"].split("## Example 6\n")[1]
+    assert target.splitlines()[1] == framed + " There is only one correct choice."
+    assert "Marrow, Iselda" not in row["cot_prompt"] and "Why did" not in row["cot_prompt"]
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -88,6 +103,31 @@ def test_empty_question_list_is_rejected(tmp_path):
 def test_missing_model_folder_is_not_looked_up_on_the_hub(tmp_path):
     with pytest.raises(EntigraphError, match="not found or has no config.json"):
         evaluate_multiple_choice(tmp_path / "nowhere", None, QUESTIONS, tmp_path / "eval")
+
+
+@pytest.mark.parametrize("vllm_args,expected", [({}, True), ({"enable_prefix_caching": False}, False)])
+def test_vllm_backend_turns_prefix_caching_on_unless_told(vllm_args, expected, monkeypatch, tmp_path):
+    """The cot protocol's repeated samples cost one prefill a question only with prefix caching."""
+    import types
+
+    import entigraph.vllm_backend
+    from entigraph.evaluation import _make_lm
+
+    made = {}
+    fake = types.ModuleType("lm_eval.models.vllm_causallms")
+    fake.VLLM = lambda **kwargs: made.update(kwargs) or "lm"
+    monkeypatch.setitem(sys.modules, "lm_eval.models.vllm_causallms", fake)
+    monkeypatch.setattr(entigraph.vllm_backend, "ensure_vllm_importable", lambda: None)
+    assert _make_lm(str(tmp_path), None, "vllm", 8, dict(vllm_args, dtype="float32")) == "lm"
+    assert made["enable_prefix_caching"] is expected and made["dtype"] == "float32"
+
+
+def test_cot_task_generates_300_tokens_and_stops_at_the_next_block(tmp_path):
+    from entigraph.evaluation import cot_task
+
+    kwargs = cot_task(tmp_path / "q.jsonl", tmp_path, CotConfig())["generation_kwargs"]
+    assert kwargs["max_gen_toks"] == 300
+    assert kwargs["until"] == cot_prompt.STOP_SEQUENCES == ["\n## ", "\n### "]
 
 
 def test_module_imports_without_the_heavy_stack():
@@ -209,36 +249,78 @@ def test_cot_prompt_matches_the_golden_file():
     assert question_row(doc, q)["cot_prompt"] == GOLDEN.read_text(encoding="utf-8")
 
 
-def test_cot_prompt_blocks_have_the_paper_structure():
+def test_cot_prompt_blocks_have_the_official_layout():
     doc, q = QUESTIONS[3]  # unknown author and year
     prompt = question_row(doc, q)["cot_prompt"]
-    blocks = prompt.split("### Example ")[1:]
-    assert len(blocks) == 6
-    for block in blocks:
-        assert [line for line in block.splitlines() if line.startswith("#### ")] == [
-            "#### Question", "#### Choices", "#### Thought Process and Answer"]
-        assert [line[:3] for line in block.splitlines() if line[:3] in ("A. ", "B. ", "C. ", "D. ")] \
-            == ["A. ", "B. ", "C. ", "D. "]
-    assert all(block.rstrip().endswith(f"Answer: {cot_prompt.LETTERS[ex['answer']]}.")
-               for block, ex in zip(blocks, cot_prompt.FEWSHOT))
-    assert 'In the context of "Fog on the Banks", Which ship was overdue? There is only one ' \
-           'correct choice.' in blocks[-1]
-    assert prompt.endswith("#### Thought Process and Answer\nThought process:")
+    blocks = prompt.split("\n\n")  # one blank line between examples, none inside a block
+    assert len(blocks) == 6 and "\n\n\n" not in prompt
+    for n, block in enumerate(blocks, start=1):
+        lines = block.split("\n")
+        assert lines[0] == f"## Example {n}"
+        assert [line for line in lines if line.startswith("#")] == [
+            f"## Example {n}", "### Question", "### Choices", "### Thought Process and Answer"]
+        assert lines[1] == "### Question" and lines[3] == "### Choices"
+        assert lines[2].startswith('In the context of "')
+        assert lines[2].endswith(" There is only one correct choice.")
+        assert [line[:3] for line in lines[4:8]] == ["A. ", "B. ", "C. ", "D. "]
+        assert lines[8] == "### Thought Process and Answer"
+        assert lines[9].startswith("Thought process:")
+    for block, ex in zip(blocks, cot_prompt.FEWSHOT):
+        lines = block.split("\n")
+        assert len(lines) == 11 and lines[10] == f"Answer: {cot_prompt.LETTERS[ex['answer']]}."
+        assert f'"{ex["title"]}", written by {ex["author"]} in {ex["year"]}, ' \
+               f'{ex["question"][0].lower()}' in lines[2]  # our questions read well lower-cased
+    assert blocks[-1].split("\n")[2] == ('In the context of "Fog on the Banks", which ship was '
+                                         'overdue? There is only one correct choice.')
+    assert prompt.endswith("### Thought Process and Answer\nThought process:")
+
+
+def test_stop_sequences_cannot_cut_a_well_formed_answer():
+    """lm-eval cuts each `until` string and what follows out of the returned text: an example's
+    own answer, continued into the next block as a model would, still parses to its letter."""
+    from lm_eval.models.utils import postprocess_generated_text
+
+    prompt = question_row(*QUESTIONS[0])["cot_prompt"]
+    for n, ex in enumerate(cot_prompt.FEWSHOT, start=1):
+        block = prompt.split("\n\n")[n - 1]
+        answer = block.split("Thought process:", 1)[1]  # what the model writes after the prompt
+        assert not any(stop in answer for stop in cot_prompt.STOP_SEQUENCES)
+        for follow in ("\n\n## Example 7\n### Question\n", "\n## Example 7\n", "\n### Choices\n", ""):
+            returned = postprocess_generated_text(answer + follow, cot_prompt.STOP_SEQUENCES, None)
+            assert returned.startswith(answer)
+            assert cot_prompt.parse_answer(returned) == cot_prompt.LETTERS[ex["answer"]]
 
 
 @pytest.mark.parametrize("completion,letter", [
+    # well-formed: the line where the official generation stopped
     (" The keeper said so.\nAnswer: B.\n", "B"),
-    (" Reasoning.\nAnswer: D", "D"),
-    ("Answer: (A).", "A"),
-    ("  Answer:   C.  \n\n", "C"),
-    (" First thought.\nAnswer: A.\nAnswer: C.", "A"),  # generation stops at the first answer
+    (" The keeper said so.\nAnswer: B.", "B"),  # the text's end ends the line (cut stop string)
+    (" The keeper said so.\nAnswer: B.\n\n", "B"),
+    ("  Answer: C.\n", "C"),  # leading blanks allowed
+    ("\tAnswer: D.", "D"),
+    (" First thought.\nAnswer: A.\nAnswer: C.", "A"),  # nothing after the first answer counts
+    (" First thought.\nAnswer: A.\nAnswer: AB.", "A"),
+    # malformed: no official stop string matched there, so the scan goes on
+    (" Reasoning.\nAnswer: D", None),
+    ("Answer: (A).", None),
+    ("Answer: (A)", None),
+    ("Answer:   C.", None),
+    ("Answer: C. \n", None),
+    ("answer: C.", None),
     (" It must be the second.\nAnswer: A or B.", None),
     (" Hmm.\nAnswer: E.", None),
     (" Hmm.\nAnswer: the Warden.", None),
     (" I think it is B.", None),
     ("", None),
     ("The Answer: B. is wrong", None),
+    (" So the Answer: B.", None),  # text before "Answer:" on its line
+    (" Reasoning.\nAnswer: D\nOn second thought.\nAnswer: C.\n", "C"),
+    ("Answer: (B).\nAnswer: B.", "B"),
+    ("Answer: AA.\nAnswer: C.", "C"),  # repeated letters were no official stop string either
+    # several letters: where the official generation stopped, unparsed here (no last-letter rule)
     ("Answer: AB.", None),
+    ("Answer: DCBA.\n", None),
+    (" Hmm.\nAnswer: BD.\nAnswer: D.", None),
 ])
 def test_answer_parser(completion, letter):
     assert cot_prompt.parse_answer(completion) == letter
@@ -264,7 +346,7 @@ def test_random_valid_draws_only_valid_answers_and_all_of_them():
 def cot_answer(q):
     """A worked answer in the examples' form, as far as the start of the next block."""
     return (f" It is {q.options[q.gold]}.\nAnswer: {cot_prompt.LETTERS[q.gold]}.\n\n"
-            f"### Example 7\n")
+            f"## Example 7\n")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """`entigraph generate` as a user runs it, against a real OpenAI-compatible server on 127.0.0.1."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -9,24 +10,41 @@ from pathlib import Path
 
 import pytest
 
-from openai_server import OpenAIServer, default_responder
+from openai_server import OpenAIServer, default_responder, refuse_json_schema
 
 pytestmark = pytest.mark.slow
 MODEL = "test-model"
 
 
-def generate(tmp_path, server, *overrides, env=None, wait=True):
-    args = [sys.executable, "-m", "entigraph", "generate", f"paths.root={tmp_path}",
-            "generator=vllm_server", f"generator.model={MODEL}",
-            f"generator.base_url={server.base_url}", *overrides]
+def run_generate(tmp_path, *overrides, env=None, wait=True):
+    args = [sys.executable, "-m", "entigraph", "generate", f"paths.root={tmp_path}", *overrides]
     if not wait:
         return subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env)
     return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
 
 
+def generate(tmp_path, server, *overrides, env=None, wait=True):
+    """`entigraph generate` against `server` as a vLLM-style OpenAI-compatible server."""
+    return run_generate(tmp_path, "generator=vllm_server", f"generator.model={MODEL}",
+                        f"generator.base_url={server.base_url}", *overrides, env=env, wait=wait)
+
+
+def quality_file(tmp_path, articles) -> Path:
+    """A QuALITY-format file (authors stored "Last, First") of (id, title, author, text)."""
+    lines = [{"article_id": uid, "set_unique_id": f"s-{uid}", "title": title, "author": author,
+              "year": "1958", "article": text,
+              "questions": [{"question": "Who led the caravan?", "question_unique_id": f"q-{uid}",
+                             "options": ["Tomas Brek", "Oster", "Varn", "Nell"], "gold_label": 1,
+                             "difficult": 0}]}
+             for uid, title, author, text in articles]
+    path = tmp_path / "QuALITY.v1.0.1.htmlstripped.dev"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
 def corpus_dir(tmp_path) -> Path:
-    return tmp_path / "corpora" / "demo" / f"entigraph-entigraph-v1-{MODEL}"
+    return tmp_path / "corpora" / "demo" / f"entigraph-entigraph-v2-{MODEL}"
 
 
 def stored_keys(tmp_path) -> list[str]:
@@ -59,7 +77,7 @@ def test_killed_generation_resumes_with_no_duplicate_and_no_missing_call(tmp_pat
         assert server.requests <= expected + 8 + 1  # +1: the rerun's preflight is not a chat call
     result = manifest(tmp_path)
     assert result["status"] == "complete" and result["totals"]["calls"] == expected
-    assert result["generator"]["model"] == MODEL and result["prompt_set"] == "entigraph-v1"
+    assert result["generator"]["model"] == MODEL and result["prompt_set"] == "entigraph-v2"
 
 
 def test_malformed_extraction_fails_that_document_and_the_run_goes_on(tmp_path):
@@ -148,20 +166,81 @@ def test_batch_files_round_trip_stage_by_stage(tmp_path):
 
 
 def test_rephrase_and_raw_from_a_quality_file(tmp_path):
-    article = {"article_id": "a1", "set_unique_id": "s1", "title": "The Salt Road",
-               "author": "Nell Avery", "year": "1958",
-               "article": "Tomas Brek led the salt caravan from Oster to Varn. " * 5,
-               "questions": [{"question": "Who led the caravan?", "question_unique_id": "q1",
-                              "options": ["Tomas Brek", "Oster", "Varn", "Nell"],
-                              "gold_label": 1, "difficult": 0}]}
-    path = tmp_path / "QuALITY.v1.0.1.htmlstripped.dev"
-    path.write_text(json.dumps(article) + "\n")
+    path = quality_file(tmp_path, [("a1", "The Salt Road", "Nell Avery",
+                                    "Tomas Brek led the salt caravan from Oster to Varn. " * 5)])
     corpus = ["corpus=quality", f"corpus.path={path}"]
     with OpenAIServer() as server:
         for method, texts in (("rephrase", 3 * 2), ("raw", 1)):
             out = generate(tmp_path, server, *corpus, f"synthesis.method={method}",
                            "synthesis.rephrase_rounds=2")
             assert out.returncode == 0, out.stderr[-2000:]
-            folder = tmp_path / "corpora" / "quality" / f"{method}-entigraph-v1-{MODEL}"
+            folder = tmp_path / "corpora" / "quality" / f"{method}-entigraph-v2-{MODEL}"
             result = json.loads((folder / "manifest.json").read_text())
             assert result["totals"]["texts"] == texts and result["status"] == "complete"
+
+
+SALT_ROAD = ("a1", "The Salt Road", "Avery, Nell", "Tomas Brek led the salt caravan from Oster to Varn.")
+HARBOUR = ("a2", "Harbour Lights", "Okafor, Ada", "Ines Mora kept the light at Cape Dunn.")
+# Entities the server's extraction names: 28 for the first article, 12 for the second.
+ENTITIES = {"The Salt Road": [f"Salt Road entity {i}" for i in range(28)],
+            "Harbour Lights": [f"Harbour entity {i}" for i in range(12)]}
+
+
+def extraction_responder(body):
+    """Extraction (asked for JSON): the entities above for the article named in the prompt."""
+    if body.get("response_format"):
+        title = next(t for t in ENTITIES if t in json.dumps(body["messages"]))
+        return json.dumps({"summary": f"A summary of {title}.", "entities": ENTITIES[title]})
+    return default_responder(body)
+
+
+def test_paper_preset_generates_the_paper_plan_in_json_mode_for_gpt_4_turbo(tmp_path):
+    """experiment=paper_entigraph: JSON mode for gpt-4-turbo, every entity, every pair and the
+    preset's 3,000 triples of each article, authors written "First Last"."""
+    path = quality_file(tmp_path, [SALT_ROAD, HARBOUR])
+    env = {**os.environ, "OPENAI_API_KEY": "sk-local-test"}
+    with OpenAIServer(model="gpt-4-turbo", hook=refuse_json_schema,
+                      responder=extraction_responder, max_recorded=20000) as server:
+        out = run_generate(tmp_path, "experiment=paper_entigraph", "model=tiny", "corpus=quality",
+                           f"corpus.path={path}", f"generator.base_url={server.base_url}",
+                           "generator.max_in_flight=64", env=env)
+        received = server.received
+    assert out.returncode == 0, out.stderr[-2000:]
+    extractions = [b for b in received if b.get("response_format")]
+    relations = [b for b in received if not b.get("response_format")]
+    assert [b["response_format"] for b in extractions] == [{"type": "json_object"}] * 2
+    assert all(b["model"] == "gpt-4-turbo" and b["temperature"] == 1.0 and "max_tokens" not in b
+               for b in received)
+    # Every pair (C(28,2) = 378, C(12,2) = 66), then the triples: C(28,3) = 3,276 capped at the
+    # preset's 3,000, and all C(12,3) = 220; each exactly once.
+    assert len(relations) == 378 + 3000 + 66 + 220
+    prompts = [b["messages"][-1]["content"] for b in received]
+    assert len(set(prompts)) == len(prompts)
+    assert all('"The Salt Road", Nell Avery, 1958.' in p or '"Harbour Lights", Ada Okafor, 1958.'
+               in p for p in prompts)
+    assert not any("Avery, Nell" in p or "Okafor, Ada" in p for p in prompts)
+    triple = next(p for p in prompts
+                  if re.search(r"^Entities: Salt[^;\n]+; [^;\n]+; [^;\n]+$", p, re.M))
+    assert re.search(r"\n### Discussion of Interaction between Salt Road entity \d+, Salt Road "
+                     r"entity \d+ and Salt Road entity \d+ in context of The Salt Road$", triple)
+    folder = tmp_path / "corpora" / "quality" / "entigraph-entigraph-v2-gpt-4-turbo"
+    result = json.loads((folder / "manifest.json").read_text())
+    assert result["status"] == "complete" and result["totals"]["texts"] == 2 + len(relations)
+    assert result["generator"]["structured_output"] == "json_object"
+
+
+def test_a_server_refusing_the_json_schema_still_yields_a_complete_corpus(tmp_path):
+    path = quality_file(tmp_path, [SALT_ROAD, HARBOUR])
+    with OpenAIServer(hook=refuse_json_schema, responder=extraction_responder) as server:
+        out = generate(tmp_path, server, "corpus=quality", f"corpus.path={path}",
+                       "generator.structured_output=json_schema", "synthesis.max_entities=4",
+                       "synthesis.max_triples=1")
+        formats = [(b.get("response_format") or {}).get("type") for b in server.received]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("refused response_format json_schema") == 1  # logged once
+    assert formats.count("json_schema") >= 1 and formats.count("json_object") == 2
+    folder = tmp_path / "corpora" / "quality" / f"entigraph-entigraph-v2-{MODEL}"
+    result = json.loads((folder / "manifest.json").read_text())
+    assert result["status"] == "complete" and result["totals"]["failed_calls"] == 0
+    assert result["totals"]["texts"] == 2 * (1 + 6 + 1)
+    assert result["generator"]["structured_output"] == "json_object"

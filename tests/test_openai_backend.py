@@ -11,10 +11,11 @@ from types import SimpleNamespace
 import openai
 import pytest
 
-from entigraph.llm import ChatRequest, GeneratorError
+from entigraph.llm import ChatRequest, GeneratorError, resolve_structured_output
 from entigraph.openai_backend import (OpenAIBackend, RequestFailed, backoff_delay,
                                       retry_after_s)
-from openai_server import Fault, OpenAIServer  # tests/ is on sys.path (rootdir conftest)
+from openai_server import (Fault, OpenAIServer,  # tests/ is on sys.path (rootdir conftest)
+                           refuse_json_schema)
 
 SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"},
                                            "entities": {"type": "array",
@@ -108,6 +109,59 @@ def test_json_object_mode_when_configured():
              request(json_schema=SCHEMA))
         [body] = server.received
     assert body["response_format"] == {"type": "json_object"}
+
+
+@pytest.mark.parametrize("model,mode", [
+    ("gpt-4-turbo", "json_object"), ("gpt-4-turbo-2024-04-09", "json_object"),
+    ("gpt-4o-2024-05-13", "json_object"), ("gpt-3.5-turbo", "json_object"),
+    ("o1-mini", "json_object"), ("meta-llama/Meta-Llama-3-8B-Instruct", "json_object"),
+    ("gpt-4o", "json_schema"), ("gpt-4o-2024-08-06", "json_schema"), ("gpt-4o-mini", "json_schema"),
+    ("gpt-4.1-mini", "json_schema"), ("gpt-5", "json_schema"), ("o3-mini", "json_schema"),
+])
+def test_auto_structured_output_sends_the_schema_only_to_models_known_to_take_it(model, mode):
+    assert resolve_structured_output("auto", "openai", model) == mode
+    assert resolve_structured_output("auto", "vllm", model) == "json_schema"  # guided decoding
+    assert resolve_structured_output("json_object", "openai", "gpt-4o") == "json_object"
+
+
+def test_auto_sends_json_mode_to_gpt_4_turbo():
+    with OpenAIServer(hook=refuse_json_schema) as server:
+        [result] = call(gen_cfg(server.base_url, model="gpt-4-turbo", structured_output="auto"),
+                        request(json_schema=SCHEMA))
+        assert [b["response_format"] for b in server.received] == [{"type": "json_object"}]
+    assert '"entities"' in result.text
+
+
+def test_a_refused_json_schema_switches_the_run_to_json_mode_once(caplog):
+    """HTTP 400 naming response_format: every request is retried in JSON mode at once (not as
+    a retry), later requests go in JSON mode, and the switch is logged once."""
+    with OpenAIServer(hook=refuse_json_schema) as server:
+        async def go():
+            backend = OpenAIBackend(gen_cfg(server.base_url, max_retries=0))
+            try:
+                first = await asyncio.gather(*(backend.complete(request(json_schema=SCHEMA,
+                                                                        key=f"k{i}"))
+                                               for i in range(4)))
+                later = await backend.complete(request(json_schema=SCHEMA, key="later"))
+                plain = await backend.complete(request(key="plain"))
+                return first, later, plain, backend.structured_output
+            finally:
+                await backend.aclose()
+        with caplog.at_level(logging.WARNING, logger="entigraph.openai_backend"):
+            first, later, plain, mode = asyncio.run(go())
+        formats = [(b.get("response_format") or {}).get("type") for b in server.received]
+    assert mode == "json_object" and all('"entities"' in r.text for r in [*first, later])
+    assert formats.count("json_schema") == 4 and formats.count("json_object") == 5
+    assert formats[-1] is None  # a request without a schema is left alone
+    assert sum("refused response_format" in r.message for r in caplog.records) == 1
+
+
+def test_a_refused_json_object_is_not_retried_forever():
+    with OpenAIServer(hook=lambda n, body: Fault(400, message="bad response_format")) as server:
+        [err] = call(gen_cfg(server.base_url, structured_output="json_object"),
+                     request(json_schema=SCHEMA))
+        assert server.requests == 1
+    assert isinstance(err, RequestFailed) and err.status == 400
 
 
 def test_missing_usage_is_estimated_from_characters():

@@ -8,7 +8,9 @@ from entigraph.corpus import Document
 from entigraph.errors import CorpusError
 from entigraph.generation import estimate, generate_corpus
 from entigraph.offline_generator import analyze_relations, extract_entities
-from entigraph.synthesis import entity_tuples, parse_extraction, read_corpus, round_robin
+from entigraph.prompts import ENTIGRAPH_V1, ENTIGRAPH_V2, PROMPT_SETS
+from entigraph.synthesis import (entity_tuples, parse_extraction, read_corpus, relation_calls,
+                                 round_robin)
 
 TEXT = ("The lighthouse of Port Averly stood on the northern cliffs. Mara Quell kept its lamp "
         "for thirty years. In 1887 the steamer Calloway ran aground near the Sable Reef, and "
@@ -32,21 +34,64 @@ def test_entity_tuples_pairs_in_order_then_capped_seeded_triples():
     assert entity_tuples(ents, 100, random.Random(1))[10:] != entity_tuples(ents, 100, random.Random(2))[10:]
 
 
+def test_no_triple_cap_takes_every_triple_and_a_cap_is_a_prefix_of_it():
+    ents = list("abcdefg")
+    every = entity_tuples(ents, None, random.Random(3))
+    assert len(every) == 21 + 35 == relation_calls(7, None)
+    assert sorted(every[21:]) == sorted(__import__("itertools").combinations(ents, 3))
+    assert entity_tuples(ents, 10, random.Random(3)) == every[:21 + 10]  # raising a cap adds
+    assert relation_calls(7, 10) == 31 and relation_calls(7, 100) == 56 and relation_calls(2, None) == 1
+
+
+def test_v2_prompts_follow_the_official_semantics():
+    doc = Document("d", "The Salt Road", "Avery, Nell", 1958, "Tomas Brek led the caravan.")
+    system, user = (m["content"] for m in ENTIGRAPH_V2.relation_messages(doc, ("A", "B", "C")))
+    assert user.startswith('Article: "The Salt Road", Nell Avery, 1958.\n\nTomas Brek')
+    assert "Avery, Nell" not in user
+    assert user.endswith("### Discussion of The Salt Road in relation to C\n"
+                         "### Discussion of Interaction between A, B and C in context of "
+                         "The Salt Road")
+    assert "Rephrase the content of the article three times" in system
+    pair_system = ENTIGRAPH_V2.relation_messages(doc, ("A", "B"))[0]["content"]
+    assert "twice" in pair_system and pair_system != system
+    assert set(ENTIGRAPH_V2.rephrase_styles) == {"toddler", "wikipedia", "scholar"}
+    assert all("title and the year" in s for s in ENTIGRAPH_V2.rephrase_styles.values())
+    assert "exhaustive" in ENTIGRAPH_V2.extraction_system
+
+
+def test_v1_prompts_are_unchanged():
+    """A prompt set's words never change under its name (stored calls are keyed by it): these
+    are the bytes entigraph-v1 sent before entigraph-v2 existed."""
+    import hashlib
+
+    doc = Document("d1", "The Keeper", "Writer, Ann", 1920, "Mara Quell kept the lamp. {braces} stay.")
+    ps = PROMPT_SETS["entigraph-v1"]
+    sent = json.dumps([ps.extraction_messages(doc), ps.relation_messages(doc, ("Mara Quell", "Tobin Quell")),
+                       ps.relation_messages(doc, ("A", "B", "C")),
+                       [ps.rephrase_messages(doc, s) for s in ps.rephrase_styles]])
+    assert hashlib.sha256(sent.encode()).hexdigest() == \
+        "65451b1b21e21a039cce47106cb761179566f7bbf9b4e7b19caa4b5cbbf179dc"
+
+
 def test_offline_extraction_finds_recurring_names_in_order():
-    out = extract_entities(DOC, 4)
+    out = extract_entities(DOC, 4, DOC.citation)
     assert set(out) == {"summary", "entities"}
     assert out["entities"] == ["Port Averly", "Mara Quell", "Calloway", "Tobin Quell"]
     assert "The Keeper" in out["summary"]
 
 
 def test_offline_relation_text_has_the_prompt_sections():
-    text = analyze_relations(DOC, ("Mara Quell", "Tobin Quell"))
+    text = analyze_relations(DOC, ("Mara Quell", "Tobin Quell"), ENTIGRAPH_V2)
     headings = [line for line in text.splitlines() if line.startswith("### ")]
     assert headings == ["### Discussion of The Keeper in relation to Mara Quell",
                         "### Discussion of The Keeper in relation to Tobin Quell",
                         "### Discussion of Interaction between Mara Quell and Tobin Quell "
                         "in context of The Keeper"]
     assert "rowed out with Tobin Quell" in text
+    triple = {"v1": analyze_relations(DOC, ("Port Averly", "Mara Quell", "Calloway"), ENTIGRAPH_V1),
+              "v2": analyze_relations(DOC, ("Port Averly", "Mara Quell", "Calloway"), ENTIGRAPH_V2)}
+    assert "Interaction between Port Averly and Mara Quell and Calloway in" in triple["v1"]
+    assert "Interaction between Port Averly, Mara Quell and Calloway in" in triple["v2"]
 
 
 @pytest.mark.parametrize("text,reason", [
@@ -83,7 +128,7 @@ def test_generate_writes_corpus_manifest_and_call_store(compose, tmp_path):
     kinds = [i["kind"] for i in items if i["doc_uid"] == "d1"]
     assert kinds == ["summary"] + ["pair"] * 6 + ["triple"] * 2
     assert len({i["id"] for i in items}) == len(items)
-    assert manifest["status"] == "complete" and manifest["prompt_set"] == "entigraph-v1"
+    assert manifest["status"] == "complete" and manifest["prompt_set"] == "entigraph-v2"
     assert manifest["totals"]["calls"] == 2 * (1 + 8) and manifest["totals"]["texts"] == len(items)
     assert manifest["documents"]["d1"]["synthetic_tokens"] > 0
     assert manifest["totals"]["synthetic_tokens"] == sum(
@@ -113,7 +158,8 @@ def test_rephrase_and_raw_corpora(compose, tmp_path):
     raw_cfg = corpus_config(compose, tmp_path, "synthesis.method=raw")
     raw = generate_corpus([DOC], raw_cfg)
     assert raw["totals"]["calls"] == 0
-    assert [i["text"] for i in read_corpus(raw_cfg.synthesis.output_dir)] == [TEXT]
+    assert [i["text"] for i in read_corpus(raw_cfg.synthesis.output_dir)] == [
+        f'"The Keeper", Ann Writer, 1920.\n{TEXT}']  # the header line, as the official code
 
 
 def test_document_longer_than_the_context_is_refused_before_any_call(compose, tmp_path):
@@ -132,3 +178,17 @@ def test_dry_run_estimate_prices_the_plan(compose, tmp_path):
     total = plan["total"]
     assert total["dollars"] == pytest.approx(
         (total["input_tokens"] * 10 + total["output_tokens"] * 30) / 1e6)
+
+
+def test_dry_run_counts_expected_entities_then_the_stored_ones(compose, tmp_path):
+    cfg = corpus_config(compose, tmp_path, "synthesis.max_entities=null",
+                        "synthesis.max_triples=null", "synthesis.expected_entities=3")
+    plan = estimate([DOC, DOC2], cfg)
+    assert plan["by_kind"]["relation"]["calls"] == 2 * (3 + 1)  # C(3,2) + C(3,3) each
+    assert plan["documents_by_entity_count"] == {"stored": 0, "expected": 2}
+    generate_corpus([DOC], cfg)  # the offline generator extracts every recurring name of DOC
+    n = len({e for item in read_corpus(cfg.synthesis.output_dir) for e in item["entities"]})
+    assert n > 3
+    plan = estimate([DOC, DOC2], cfg)
+    assert plan["documents_by_entity_count"] == {"stored": 1, "expected": 1}
+    assert plan["by_kind"]["relation"]["calls"] == relation_calls(n, None) + 4

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from entigraph import token_data
 from entigraph.errors import ConfigError
-from entigraph.token_data import (TokenStream, load_tokens, replay_block_count,
+from entigraph.token_data import (TokenStream, cache_key, framing, load_tokens, replay_block_count,
                                   sample_replay_blocks, select_budget, tokenize_once)
 
 OFFSETS = np.array([0, 5, 12, 20, 23, 40, 41, 60])
@@ -117,3 +118,44 @@ def test_a_cache_made_by_another_tokenizer_is_refused(tmp_path):
     tokenize_once(lambda: ["ab"], CharTokenizer(), tmp_path / "tok", {"tokenizer": "t1"})
     with pytest.raises(ConfigError, match="made from another tokenizer"):
         tokenize_once(lambda: ["ab"], CharTokenizer(), tmp_path / "tok", {"tokenizer": "t2"})
+
+
+class BosCharTokenizer(CharTokenizer):
+    """One id per character, with a BOS of its own (as Llama 3's <|begin_of_text|>)."""
+    bos_token_id = 1
+
+
+def test_each_text_is_framed_by_bos_and_eos_where_the_tokenizer_has_a_bos(tmp_path, monkeypatch):
+    monkeypatch.setattr(token_data, "BATCH", 2)  # written batch by batch: several batches here
+    texts = ["ab", "cde", "", "f" * 7, "gh"]
+    arrays = tokenize_once(lambda: texts, BosCharTokenizer(), tmp_path / "tok", {})
+    assert arrays.tokens[:9].tolist() == [1, 97, 98, 0, 1, 99, 100, 101, 0]
+    assert arrays.offsets.tolist() == [0, 4, 9, 11, 20, 24]  # each text's length + 2
+    for i, text in enumerate(texts):
+        framed = arrays.tokens[arrays.offsets[i]:arrays.offsets[i + 1]].tolist()
+        assert framed == [1, *map(ord, text), 0]
+    assert len(arrays.tokens) == arrays.n_tokens
+    assert framing(BosCharTokenizer()) == "bos+eos" and framing(CharTokenizer()) == "eos"
+
+
+def test_the_framing_is_part_of_the_cache_identity(tmp_path):
+    assert cache_key("src", "tok", "eos") != cache_key("src", "tok", "bos+eos")
+    tokenize_once(lambda: ["ab"], CharTokenizer(), tmp_path / "tok", {"tokenizer": "t"})
+    # An EOS-only cache is never read as a BOS+EOS one, even from the same folder.
+    with pytest.raises(ConfigError, match="made from another framing"):
+        tokenize_once(lambda: ["ab"], BosCharTokenizer(), tmp_path / "tok", {"tokenizer": "t"})
+
+
+def test_the_tiny_tokenizer_frames_texts_as_llama_3_does(tmp_path):
+    from entigraph.tiny_model import BOS, EOS, train_tokenizer
+
+    texts = ["The cat sat on the mat.", "A dog ran in the park.", "Birds sing."] * 20
+    tokenizer = train_tokenizer(texts, vocab_size=300)
+    assert tokenizer.bos_token == BOS and tokenizer.eos_token == EOS
+    assert tokenizer.bos_token_id != tokenizer.eos_token_id
+    arrays = tokenize_once(lambda: texts, tokenizer, tmp_path / "tok", {})
+    starts, ends = arrays.offsets[:-1], arrays.offsets[1:] - 1
+    assert arrays.tokens[0] == tokenizer.bos_token_id
+    assert (arrays.tokens[starts] == tokenizer.bos_token_id).all()
+    assert (arrays.tokens[ends] == tokenizer.eos_token_id).all()
+    assert tokenizer.decode(arrays.tokens[starts[1] + 1:ends[1]].tolist()) == texts[1]

@@ -37,9 +37,15 @@ def only_record(runs: Path) -> tuple[Path, dict]:
 
 
 # bf16 is autocast on CPUs too (emulated where the CPU lacks bf16 instructions, but it runs).
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_path, precision):
+# The bf16 run also mixes in replay by the reference rule: the resumed process draws its epochs'
+# replay blocks afresh and must read the blocks the uninterrupted run read.
+@pytest.mark.parametrize("precision,mixing", [("fp32", "none"), ("bf16", "replace")])
+def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_path, precision,
+                                                                    mixing):
     args = [*SMALL, f"trainer.precision={precision}"]
+    if mixing == "replace":
+        args += ["data.mixing_ratio=0.1", "data.mixing_mode=replace",
+                 f"data.replay_path={write_replay(tmp_path / 'replay.jsonl')}"]
     straight = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}/a", *args, cwd=root)
     assert straight.returncode == 0, straight.stderr[-2000:]
     _, reference = only_record(tmp_path / "a")
@@ -71,6 +77,8 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_pa
     for ours, theirs in zip(record["history"], reference["history"]):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
         assert ours["tokens_seen_synthetic"] == theirs["tokens_seen_synthetic"]
+        assert ours["tokens_seen_replay"] == theirs["tokens_seen_replay"]
+    assert (reference["history"][-1]["tokens_seen_replay"] > 0) == (mixing == "replace")
     assert not (run_dir / "checkpoint").exists()
 
 
@@ -138,11 +146,20 @@ def test_mixing_logs_tokens_of_each_source(root, tmp_path, mode, replay_share):
     assert out.returncode == 0, out.stderr[-2000:]
     _, record = only_record(tmp_path / "runs")
     derived, last = record["derived"], record["history"][-1]
+    # The per-step counts are what was read; the record's totals, counted up front, agree.
     assert last["tokens_seen_replay"] == derived["tokens_seen_replay"] > 0
     assert last["tokens_seen_synthetic"] == derived["tokens_seen_synthetic"]
+    assert derived["tokens_seen_replay"] == derived["replay_blocks_read"] * 64
     assert derived["replay_share"] == pytest.approx(replay_share, abs=0.1)
+    assert derived["replay_share_expected"] == pytest.approx(replay_share, abs=0.01)
+    blocks = derived["synthetic_blocks"]
     if mode == "add":  # every synthetic block is still trained on
-        assert derived["synthetic_tokens_trained"] == 40000 // 64 * 64
+        assert derived["synthetic_blocks_unseen"] == 0
+        assert derived["synthetic_tokens_trained"] == 40000 // 64 * 64 == blocks * 64
+    else:  # one epoch: the blocks replaced are the blocks unseen
+        assert derived["replay_blocks_per_epoch_expected"] == pytest.approx(replay_share * blocks)
+        assert derived["synthetic_blocks_unseen"] == derived["replay_blocks_read"]
+        assert derived["synthetic_tokens_trained"] == (blocks - derived["replay_blocks_read"]) * 64
 
 
 def packed(tokens: np.ndarray, block_size: int) -> np.ndarray:
@@ -161,15 +178,23 @@ def test_blocks_read_by_index_are_the_selected_stream_and_replay_cut_into_blocks
     syn = synthetic_tokens(cfg.data, tokenizer, cache)
     spans = select_budget(syn.offsets, 40000, cfg.seed)
     synthetic = packed(np.concatenate([syn.tokens[a:b] for a, b in spans]), bs)
-    replay = packed(replay_tokens(cfg.data, tokenizer, cache).tokens, bs)
-    blocks, is_replay = data.batch(np.arange(len(data))), data.is_replay
-    kept = data.ids[~is_replay]
+    replay_arrays = replay_tokens(cfg.data, tokenizer, cache)
+    replay = packed(replay_arrays.tokens, bs)
+    ids, is_replay = data.epoch(0)
+    blocks = data.batch(np.arange(len(data)), epoch=0)
+    kept = ids[~is_replay]
     assert np.array_equal(blocks[~is_replay], synthetic[kept])
-    assert np.array_equal(blocks[is_replay], replay[data.ids[is_replay]])
-    assert len(set(data.ids[is_replay])) == is_replay.sum() == data.derived["replay_blocks"] > 0
-    if mode == "add":  # every synthetic block, in order; replace drops the swapped ones
+    assert np.array_equal(blocks[is_replay], replay[ids[is_replay]])
+    assert is_replay.sum() == data.derived["replay_blocks_read"] > 0
+    if mode == "add":  # every synthetic block, in order, then distinct replay blocks
         assert kept.tolist() == list(range(len(synthetic)))
-    else:
-        assert np.all(np.diff(kept) > 0) and len(kept) + is_replay.sum() == len(synthetic)
+        assert len(set(ids[is_replay])) == is_replay.sum()
+    else:  # row i is synthetic block i unless the coin swapped it for a replay block
+        assert kept.tolist() == np.flatnonzero(~is_replay).tolist()
+        assert len(is_replay) == len(synthetic)
+    # Both corpora are tokenised with BOS and EOS around every text (the tiny tokenizer's).
+    for arrays in (syn, replay_arrays):
+        assert (arrays.tokens[arrays.offsets[:-1]] == tokenizer.bos_token_id).all()
+        assert (arrays.tokens[arrays.offsets[1:] - 1] == tokenizer.eos_token_id).all()
     # Nothing was copied: both streams read the token caches' memory maps.
     assert isinstance(data.synthetic.tokens, np.memmap) and isinstance(data.replay.tokens, np.memmap)

@@ -204,7 +204,7 @@ def test_generate_command_runs_on_the_vllm_backend(tiny_model, tmp_path):
          "generator.max_tokens=200", "synthesis.max_entities=3", "synthesis.max_triples=1"],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    folder = tmp_path / "corpora" / "notes" / f"entigraph-entigraph-v1-{tiny_model.name}"
+    folder = tmp_path / "corpora" / "notes" / f"entigraph-entigraph-v2-{tiny_model.name}"
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["generator"]["backend"] == "vllm"
     assert manifest["totals"]["calls"] >= 2  # both extractions; a random model may fail more
