@@ -104,10 +104,14 @@ def _curve_probe(record, questions: list, cfg: DictConfig, on_eval: Optional[Cal
 
 def train(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:
     from entigraph import training
+    from entigraph.models import check_pretrained
     from entigraph.synthesis import require_complete
+    from entigraph.train_data import check_replay
 
     # Inputs are checked before a run folder exists.
     require_complete(cfg.data.corpus_dir)
+    check_pretrained(cfg.model)
+    check_replay(cfg.data)
     questions = eval_questions(cfg, cfg.eval.split) if cfg.eval.after_training else []
     curve = eval_questions(cfg, "validation") if cfg.eval.every_steps else []
     with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:

@@ -113,6 +113,10 @@ class ModelConfig:
     name: str = "tiny"
     # A local model folder or hub id; null builds a tiny Llama locally with the sizes below.
     pretrained: Optional[str] = None
+    # The parameters' dtype while training. float32: fp32 master weights whatever the model was
+    # saved in (Llama 3 is saved in bf16, where most updates at lr 5e-6 would round away);
+    # compute is bf16 autocast per trainer.precision. auto: as saved; bfloat16: knowingly pure bf16.
+    dtype: str = knob("float32", choices=["float32", "bfloat16", "auto"])
     vocab_size: int = knob(1024, gt=0)
     hidden_size: int = knob(64, gt=0)
     num_layers: int = knob(2, gt=0)

@@ -6,8 +6,33 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from entigraph.errors import ConfigError
 from entigraph.synthesis import read_items
 from entigraph.tiny_model import TOKENIZER_REVISION, build_tiny_model, train_tokenizer
+
+
+def check_pretrained(model_cfg) -> None:
+    """Refuse, before any work, a model.pretrained that cannot load: a folder that does not
+    exist or holds no config.json, or a hub id missing from the local cache while the hub is
+    offline (HF_HUB_OFFLINE)."""
+    name = model_cfg.pretrained
+    if not name:
+        return
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"config: model.pretrained={name} has no config.json; set "
+                              f"model.pretrained to a saved model folder or a hub id")
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise ConfigError(f"config: model.pretrained={name} is neither a model folder nor a hub "
+                          f"id (<org>/<name>); set model.pretrained to one")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise ConfigError(f"config: model.pretrained={name} is not in the Hugging Face cache and "
+                          f"HF_HUB_OFFLINE is set; download it where a network is (`hf download "
+                          f"{name}`) or set model.pretrained to a local folder")
 
 
 def load_tokenizer(model_cfg, corpus_dir: Path):
@@ -32,8 +57,13 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def load_model(model_cfg, tokenizer, context_length: int, seed: int):
+    """The model to train, its parameters in model.dtype (auto: as saved)."""
+    import torch
+
+    dtype = "auto" if model_cfg.dtype == "auto" else getattr(torch, model_cfg.dtype)
     if model_cfg.pretrained:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(model_cfg.pretrained)
-    return build_tiny_model(model_cfg, tokenizer, context_length, seed)
+        return AutoModelForCausalLM.from_pretrained(model_cfg.pretrained, dtype=dtype)
+    model = build_tiny_model(model_cfg, tokenizer, context_length, seed)
+    return model if dtype == "auto" else model.to(dtype)

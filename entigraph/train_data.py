@@ -110,6 +110,14 @@ def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
                          {"corpus_manifest_sha256": digest, "tokenizer": fingerprint})
 
 
+def _replay_line(line: str, path: Path, n: int) -> str:
+    """The text of line `n` of a JSON-lines replay corpus."""
+    try:
+        return json.loads(line)["text"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CorpusError(f"{path}:{n}: expected a JSON object with a \"text\" field ({err})")
+
+
 def read_replay_texts(path: Path) -> list[str]:
     """A replay corpus: JSON lines with a "text" field (RedPajama style) or plain text."""
     path = Path(path)
@@ -117,16 +125,29 @@ def read_replay_texts(path: Path) -> list[str]:
         raise ConfigError(f"config: data.replay_path={path} does not exist")
     if path.suffix != ".jsonl":
         return [path.read_text()]
-    texts = []
     with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                texts.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise CorpusError(f"{path}:{n}: expected a JSON object with a \"text\" field ({err})")
-    return texts
+        return [_replay_line(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
+
+
+def check_replay(data_cfg) -> None:
+    """A run's replay corpus, checked before any work: needed when replay is mixed in, and
+    holding some text (reading stops at the first text found)."""
+    if data_cfg.mixing_ratio == 0:
+        return
+    if not data_cfg.replay_path:
+        raise ConfigError(f"config: data.mixing_ratio={data_cfg.mixing_ratio} needs a replay "
+                          f"corpus; set data.replay_path or data.mixing_ratio=0")
+    path = Path(data_cfg.replay_path)
+    if not path.is_file():
+        raise ConfigError(f"config: data.replay_path={path} does not exist; give a JSON-lines "
+                          f"file with a \"text\" field (RedPajama style) or a text file")
+    with open(path) as f:
+        has_text = any(line.strip() and (path.suffix != ".jsonl"
+                                         or str(_replay_line(line, path, n)).strip())
+                       for n, line in enumerate(f, 1))
+    if not has_text:
+        raise ConfigError(f"config: data.replay_path={path} holds no text; give a replay corpus "
+                          f"(e.g. a RedPajama sample) or set data.mixing_ratio=0")
 
 
 def replay_tokens(data_cfg, tokenizer, cache_root: Path):
@@ -149,9 +170,7 @@ def _replay_stream(data_cfg, tokenizer, cache_root: Path) -> TokenStream:
 
 
 def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epochs: int) -> TrainingBlocks:
-    if data_cfg.mixing_ratio > 0 and not data_cfg.replay_path:
-        raise ConfigError(f"config: data.mixing_ratio={data_cfg.mixing_ratio} needs a replay "
-                          f"corpus; set data.replay_path or data.mixing_ratio=0")
+    check_replay(data_cfg)
     syn = synthetic_tokens(data_cfg, tokenizer, cache_root)
     bs, ratio = data_cfg.block_size, data_cfg.mixing_ratio
     stream = TokenStream.of(syn.tokens, select_budget(syn.offsets, data_cfg.synthetic_tokens, seed))

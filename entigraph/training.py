@@ -29,6 +29,7 @@ from entigraph.train_data import build_training_blocks
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
+IGNORE_INDEX = -100  # labels the loss leaves out (transformers' convention)
 # Peak dense bf16 FLOP/s of known accelerators, for model FLOPs utilisation.
 PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 125e12}
 # Keys that change what a checkpoint means; logging and checkpoint cadence do not.
@@ -92,6 +93,19 @@ def epoch_order(n_blocks: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_blocks)
 
 
+def rank_passes(batch: np.ndarray, rank: int, world: int,
+                micro: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """This rank's share of a global batch as micro-batches (rows, real). Every rank makes the
+    same number of forward/backward passes whatever the batch's size, so the collectives of DDP
+    and FSDP pair up: a rank short of rows (a partial last batch) pads with the batch's first
+    row, `real` False, whose tokens the loss ignores."""
+    per_rank = -(-len(batch) // world)
+    mine = batch[rank::world]
+    rows = np.concatenate([mine, np.full(per_rank - len(mine), batch[0])])
+    real = np.arange(per_rank) < len(mine)
+    return [(rows[i:i + micro], real[i:i + micro]) for i in range(0, per_rank, micro)]
+
+
 def resume_fingerprint(cfg) -> dict:
     return {**{key: OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
                if OmegaConf.is_config(OmegaConf.select(cfg, key)) else OmegaConf.select(cfg, key)
@@ -145,21 +159,24 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     probe(model, tokenizer, step), when given, runs every cfg.eval.every_steps steps on a single
     process (an evaluation on one rank of a sharded model would wait for the others forever)."""
     import torch
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from transformers import get_scheduler
 
     run_dir = Path(cfg.run_dir)
-    accum = gradient_accumulation(cfg.trainer, PartialState().num_processes)
     precision = resolve_precision(cfg.trainer.precision)
-    # bf16 is autocast: weights, gradients and optimizer state stay fp32.
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    # The first accelerate object made sets up the processes: on a machine without an
+    # accelerator, cpu=True is what makes a torchrun launch one gloo group of N processes (not
+    # N lone runs). bf16 is autocast: weights, gradients and optimizer state stay fp32.
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
+                              cpu=not torch.accelerator.is_available())
+    accum = gradient_accumulation(cfg.trainer, accelerator.num_processes)
     checkpoint = run_dir / CHECKPOINT
     state = (json.loads((checkpoint / "trainer_state.json").read_text())
              if (checkpoint / "trainer_state.json").exists() else None)
     if state:
         _check_resumable(state, cfg, checkpoint)  # before any heavy work
-    tokenizer = load_tokenizer(cfg.model, cfg.data.corpus_dir)
-    with accelerator.main_process_first():
+    with accelerator.main_process_first():  # one process trains a tiny tokenizer, tokenises
+        tokenizer = load_tokenizer(cfg.model, cfg.data.corpus_dir)
         data = build_training_blocks(cfg.data, tokenizer, Path(cfg.paths.root) / "tokens",
                                      cfg.seed, cfg.trainer.epochs)
     model = load_model(cfg.model, tokenizer, cfg.data.block_size, cfg.seed)
@@ -186,8 +203,8 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     record.set_derived(**data.derived, steps=total_steps, steps_per_epoch=steps_per_epoch,
                        gradient_accumulation=accum, devices=accelerator.num_processes,
                        global_batch_tokens=cfg.trainer.batch_size * cfg.data.block_size,
-                       parameters=n_params, precision=precision,
-                       attention=training_attention, resumed_from_step=step)
+                       parameters=n_params, parameter_dtype=str(next(model.parameters()).dtype),
+                       precision=precision, attention=training_attention, resumed_from_step=step)
 
     if probe and accelerator.num_processes > 1:
         log.warning("eval.every_steps: evaluation during training runs on one process only; "
@@ -205,18 +222,24 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
             order_epoch, order = epoch, epoch_order(len(data), cfg.seed, epoch)
             is_replay = data.epoch(epoch)[1]  # this epoch's draws (replace-mode mixing)
         batch = order[in_epoch * cfg.trainer.batch_size:(in_epoch + 1) * cfg.trainer.batch_size]
-        mine = batch[rank::world]  # this device's share of the global batch
-        micro = [mine[i:i + cfg.trainer.micro_batch_size]
-                 for i in range(0, len(mine), cfg.trainer.micro_batch_size)]
-        loss_sum = 0.0
-        for j, idx in enumerate(micro):
+        # The step's loss is the mean over the global batch's predicted tokens: each pass sums
+        # its tokens' losses over that count, so the ranks' parts add up to the mean. DDP and
+        # FSDP average gradients over the ranks, hence `* world` in backward.
+        global_tokens = len(batch) * (bs - 1)
+        passes = rank_passes(batch, rank, world, cfg.trainer.micro_batch_size)
+        part = torch.zeros((), device=accelerator.device)
+        for j, (rows, real) in enumerate(passes):
             # Gradients are synchronised across devices only on the last micro-batch.
-            sync = nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
+            sync = nullcontext() if j == len(passes) - 1 else accelerator.no_sync(model)
             with sync:
-                inputs = torch.from_numpy(data.batch(idx, epoch)).to(accelerator.device)
-                loss = model(input_ids=inputs, labels=inputs).loss * (len(idx) / len(mine))
-                accelerator.backward(loss)
-            loss_sum += loss.item()
+                inputs = torch.from_numpy(data.batch(rows, epoch)).to(accelerator.device)
+                padding = torch.from_numpy(~real).to(accelerator.device)[:, None]
+                labels = inputs.masked_fill(padding, IGNORE_INDEX)
+                loss = model(input_ids=inputs, labels=labels,
+                             num_items_in_batch=global_tokens).loss
+                accelerator.backward(loss * world)
+            part += loss.detach()
+        loss_sum = accelerator.reduce(part, "sum").item()  # the global loss, on every rank
         if cfg.optim.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
