@@ -47,11 +47,14 @@ def _sweep_job(command: str, cfg) -> dict:
     one; any failure is one line here, in the run's record and in the job's result."""
     from entigraph import commands
     from entigraph.config import validate
+    from entigraph.sweeps.grid import in_sweep_group
     from entigraph.sweeps.runs import run_point
 
     try:
         validate(cfg)
-        return run_point(cfg) if command == "train" else getattr(commands, command)(cfg)
+        if command != "train":
+            return getattr(commands, command)(cfg)
+        return run_point(in_sweep_group(cfg))
     except Exception as err:  # noqa: BLE001 - the sweep goes on; the record has the traceback
         print(f"entigraph {command}: error: {err}".splitlines()[0], file=sys.stderr)
         return {"status": "failed", "error": f"{type(err).__name__}: {err}",

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -103,8 +104,10 @@ def _curve_probe(record, questions: list, cfg: DictConfig, on_eval: Optional[Cal
 
 
 def train(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:
-    from entigraph import training
+    """Train and evaluate the run of `cfg` unless its folder holds it completed already (then
+    its record, with `skipped: True`); one process at a time per run folder."""
     from entigraph.models import check_pretrained
+    from entigraph.run_identity import completed_record, run_lock
     from entigraph.synthesis import require_complete
     from entigraph.train_data import check_replay
 
@@ -112,8 +115,21 @@ def train(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] = Non
     require_complete(cfg.data.corpus_dir)
     check_pretrained(cfg.model)
     check_replay(cfg.data)
+    completed_record(cfg)  # a completed run of another config is refused before any wait
     questions = eval_questions(cfg, cfg.eval.split) if cfg.eval.after_training else []
     curve = eval_questions(cfg, "validation") if cfg.eval.every_steps else []
+    with run_lock(cfg.run_dir):
+        previous = completed_record(cfg)  # perhaps by the process this one waited for
+        if previous:
+            print(f"{cfg.run_dir}: already completed; skipping")
+            return {**previous, "skipped": True}
+        return _train_run(cfg, questions, curve, on_eval)
+
+
+def _train_run(cfg: DictConfig, questions: list, curve: list,
+               on_eval: Optional[Callable[[int, float], None]]) -> dict:
+    from entigraph import training
+
     with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
         probe = _curve_probe(record, curve, cfg, on_eval) if curve else None
         model, tokenizer = training.train(cfg, record, probe)
@@ -160,6 +176,10 @@ def sweep(cfg: DictConfig) -> list[dict]:
             records.append(read_record(point.run_dir))
     print(f"sweep: {len(points) - len(failed)}/{len(points)} runs completed"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:  # after every other run: the exit code says the sweep is not whole
+        print(f"entigraph {cfg.command}: error: {len(failed)} of {len(points)} runs failed "
+              f"(each one's error is in its record); rerun to retry them", file=sys.stderr)
+        sys.exit(1)
     return records
 
 

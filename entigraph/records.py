@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 import time
 import traceback
@@ -55,19 +56,50 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class RunRecord:
-    """The live record of one run; every update rewrites record.json and mirrors to the tracker."""
+def _attempts(previous: dict | None, record_path: Path) -> list[dict]:
+    """The attempts of an earlier record, the last one closed: a process killed mid-run left it
+    `running`; it ended, as far as anyone knows, at the record's last write."""
+    if not previous:
+        return []
+    attempts = previous.get("attempts") or [  # a record from before attempts were kept
+        {"started_at": previous["started_at"], "ended_at": previous.get("ended_at"),
+         "duration_s": previous.get("duration_s"), "outcome": previous["status"],
+         "host": None, "pid": None}]
+    last = attempts[-1]
+    if last["outcome"] == "running":
+        ended = datetime.fromtimestamp(record_path.stat().st_mtime, timezone.utc)
+        started = datetime.fromisoformat(last["started_at"])
+        last.update(outcome="interrupted", ended_at=ended.isoformat(timespec="seconds"),
+                    duration_s=round(max((ended - started).total_seconds(), 0.0), 3))
+    return attempts
 
-    def __init__(self, run_dir: Path, job_type: str, tracker=None):
+
+class RunRecord:
+    """The live record of one run; every update rewrites record.json and mirrors to the tracker.
+
+    A run may take several attempts (killed, requeued, retried): the record keeps every attempt
+    (start, end, host, process, SLURM job, outcome), the first start, the time of all attempts,
+    the W&B run id, and the earlier attempts' history until the new attempt knows where it
+    resumes (`resume_history`), so a kill at any point loses none of the curve."""
+
+    def __init__(self, run_dir: Path, job_type: str, tracker=None, previous: dict | None = None,
+                 environment: dict | None = None):
         self.run_dir = Path(run_dir)
         self.tracker = tracker
         self._t0 = time.monotonic()
-        previous = read_record(self.run_dir)  # an earlier, unfinished attempt of this run
-        self._previous_history = previous["history"] if previous else []
+        previous = previous if previous is not None else read_record(self.run_dir)
+        attempt = {"started_at": _now(), "ended_at": None, "duration_s": None, "outcome": "running",
+                   "host": socket.gethostname(), "pid": os.getpid(),
+                   "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         self.data: dict[str, Any] = {
             "status": "running", "job_type": job_type, "run_dir": str(self.run_dir),
-            "started_at": _now(), "ended_at": None, "duration_s": None,
-            "metrics": {}, "derived": {}, "history": [], "error": None,
+            "started_at": previous["started_at"] if previous else attempt["started_at"],
+            "ended_at": None, "duration_s": None,
+            "attempts": [*_attempts(previous, self.run_dir / RECORD), attempt],
+            "wandb_run_id": tracker.run.id if tracker else (previous or {}).get("wandb_run_id"),
+            "environment": environment or {},  # this attempt's (environment.run_environment)
+            "metrics": {}, "derived": {}, "history": (previous or {}).get("history", []),
+            "error": None,
         }
         self._save()
 
@@ -95,8 +127,8 @@ class RunRecord:
             self.tracker.summary({f"derived/{k}": v for k, v in derived.items()})
 
     def resume_history(self, step: int) -> None:
-        """Resuming from a checkpoint at `step`: keep the earlier attempt's curve up to it."""
-        self.data["history"] = [h for h in self._previous_history if h["step"] <= step]
+        """Training starts at `step` (0: afresh): keep the earlier attempts' curve up to it."""
+        self.data["history"] = [h for h in self.data["history"] if h["step"] <= step]
         self._save()
 
     def log(self, step: int, **values: Any) -> None:
@@ -111,7 +143,11 @@ class RunRecord:
         pruned = type(error).__name__ == "TrialPruned"
         self.data["status"] = "pruned" if pruned else "failed" if error else "completed"
         self.data["ended_at"] = _now()
-        self.data["duration_s"] = round(time.monotonic() - self._t0, 3)
+        self.data["attempts"][-1].update(ended_at=self.data["ended_at"],
+                                         outcome=self.data["status"],
+                                         duration_s=round(time.monotonic() - self._t0, 3))
+        self.data["duration_s"] = round(sum(a["duration_s"] or 0.0
+                                            for a in self.data["attempts"]), 3)
         if error is not None:
             self.data["error"] = f"{type(error).__name__}: {error}"
             self.data["traceback"] = "".join(traceback.format_exception(error))[-4000:]
@@ -126,12 +162,19 @@ def run_record(run_dir: Path, job_type: str, config: dict, tracker_cfg=None) -> 
     the record as completed or failed however the body ends (Ctrl-C included)."""
     from entigraph.tracking import start_tracker
 
+    from entigraph.environment import run_environment
+
     run_dir = Path(run_dir)
     main = is_main_process()
+    previous = read_record(run_dir)  # an earlier attempt of this run
+    environment = run_environment() if main else {}
     if main:
         write_atomic(run_dir / CONFIG, yaml.safe_dump(config, sort_keys=False))
-    tracker = start_tracker(tracker_cfg, config, run_dir, job_type) if tracker_cfg and main else None
-    record = RunRecord(run_dir, job_type, tracker)
+    # The W&B run of every attempt is one: the id is kept in the record and resumed.
+    tracker = (start_tracker(tracker_cfg, {**config, "environment": environment}, run_dir,
+                             job_type, (previous or {}).get("wandb_run_id"))
+               if tracker_cfg and main else None)
+    record = RunRecord(run_dir, job_type, tracker, previous, environment)
     try:
         yield record
     except BaseException as err:

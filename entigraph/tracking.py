@@ -42,14 +42,18 @@ class Tracker:
         self.run.finish(exit_code=1 if failed else 0)
 
 
-def start_tracker(tracker_cfg, config: dict, run_dir: Path, job_type: str) -> Tracker | None:
-    """Start a W&B run for `run_dir`, or return None when tracking is disabled."""
+def start_tracker(tracker_cfg, config: dict, run_dir: Path, job_type: str,
+                  run_id: str | None = None) -> Tracker | None:
+    """Start (or, given an earlier attempt's `run_id`, resume) the W&B run of `run_dir`; None
+    when tracking is disabled."""
     mode = resolve_mode(tracker_cfg.mode)
     if mode == "disabled":
         return None
     import wandb
 
     run = wandb.init(
+        id=run_id,  # None: W&B makes one, kept in the record for the next attempt
+        resume="allow" if run_id else None,
         project=tracker_cfg.project,
         entity=tracker_cfg.entity,
         group=tracker_cfg.group,

@@ -199,7 +199,7 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     if state:
         accelerator.load_state(str(checkpoint))
         step, seen, loss_sum = state["step"], state["seen"], state["loss"]
-        record.resume_history(step)
+    record.resume_history(step)  # earlier attempts' curve up to where this one starts
     record.set_derived(**data.derived, steps=total_steps, steps_per_epoch=steps_per_epoch,
                        gradient_accumulation=accum, devices=accelerator.num_processes,
                        global_batch_tokens=cfg.trainer.batch_size * cfg.data.block_size,

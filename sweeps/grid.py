@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import itertools
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from entigraph.config import validate
@@ -23,13 +23,21 @@ def with_overrides(cfg: DictConfig, overrides: dict, source: str = "sweep.grid")
     return point
 
 
+def in_sweep_group(point: DictConfig) -> DictConfig:
+    """`point` with its W&B group the sweep's name, unless tracker.group was chosen: a sweep's
+    runs are grouped in W&B however they were launched."""
+    with open_dict(point):
+        point.tracker.group = point.tracker.group or point.sweep.name
+    return point
+
+
 def grid_points(cfg: DictConfig, grid) -> list[DictConfig]:
     """One validated config per combination of the grid's values, in grid order."""
     if not grid or any(len(values) == 0 for values in grid.values()):
         raise ConfigError("config: sweep.grid is empty; give each key a list of values, e.g. "
                           "'sweep.grid={data.synthetic_tokens:[1000,2000]}'")
     keys = list(grid)
-    points = [with_overrides(cfg, dict(zip(keys, combo)))
+    points = [in_sweep_group(with_overrides(cfg, dict(zip(keys, combo))))
               for combo in itertools.product(*(grid[k] for k in keys))]
     for point in points:
         validate(point)

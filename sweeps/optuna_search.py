@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from entigraph.errors import ConfigError
@@ -68,15 +68,13 @@ def trial_config(cfg: DictConfig, trial: optuna.Trial, params: dict) -> DictConf
     """The run of a trial: the worker's config with the params set, in the folder of the trial
     it retries if any (so a dead worker's run resumes from its checkpoint)."""
     from entigraph.config import validate
-    from entigraph.sweeps.grid import with_overrides
+    from entigraph.sweeps.grid import in_sweep_group, with_overrides
 
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     run_dir = Path(cfg.sweep.dir) / "trials" / f"{trial.number if number is None else number:04d}"
-    point = with_overrides(cfg, {**params, "command": "train", "run_dir": str(run_dir)},
-                           "sweep.space")
-    with open_dict(point):
-        point.tracker.group = point.tracker.group or cfg.sweep.name  # W&B: the sweep's runs
+    point = in_sweep_group(with_overrides(cfg, {**params, "command": "train",
+                                                "run_dir": str(run_dir)}, "sweep.space"))
     validate(point)
     return point
 

@@ -82,6 +82,11 @@ class EntigraphSweeper(BasicSweeper):
               + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
               + f" ({sum(row['skipped'] for row in rows)} skipped as already completed)"
               + (f"; failed: {'; '.join(failed)}" if failed else "") + f"; summary: {path}")
+        if failed:  # every other job has run: now the exit code says the sweep is not whole
+            print(f"entigraph {self.config.command}: error: {len(failed)} of {len(rows)} jobs "
+                  f"failed (each one's error is in its record and in {path}); rerun the same "
+                  f"command to retry them", file=sys.stderr)
+            sys.exit(1)
 
 
 def _summary_of(result: Any) -> dict:

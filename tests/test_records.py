@@ -19,6 +19,10 @@ def test_completed_run_writes_config_and_record(tmp_path):
     assert data["history"] == [{"step": 1, "loss": 2.5}]
     assert data["ended_at"] and data["duration_s"] >= 0
     assert "lr: 0.1" in (run / "config.yaml").read_text()
+    environment = data["environment"]
+    assert {"torch", "transformers", "accelerate", "lm-eval"} <= set(environment["versions"])
+    assert len(environment["git"]["commit"]) == 40  # the tests run from a checkout
+    assert environment["gpus"]["count"] == 0 and environment["world_size"] == 1
 
 
 def test_failed_run_is_finalised_with_its_error(tmp_path):
@@ -80,3 +84,45 @@ def test_only_the_main_process_writes_the_record(tmp_path, monkeypatch):
     with run_record(tmp_path / "run", "train", {"x": 1}) as record:
         record.set_metrics(accuracy=0.5)
     assert not (tmp_path / "run").exists()
+
+
+def test_every_attempt_is_kept_and_a_kill_before_the_resume_point_loses_no_history(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with run_record(run, "train", {}) as record:
+            record.log(1, loss=3.0)
+            record.log(2, loss=2.0)
+            raise RuntimeError("preempted")
+    # A second attempt killed (SIGKILL: no finish) while tokenising, before it knew where to
+    # resume: the record still holds the first attempt's curve.
+    from entigraph.records import RunRecord
+
+    RunRecord(run, "train")
+    assert [h["step"] for h in read_record(run)["history"]] == [1, 2]
+    with run_record(run, "train", {}) as record:
+        record.resume_history(1)  # its checkpoint was at step 1
+        record.log(2, loss=1.9)
+    data = read_record(run)
+    assert [(h["step"], h["loss"]) for h in data["history"]] == [(1, 3.0), (2, 1.9)]
+    assert [a["outcome"] for a in data["attempts"]] == ["failed", "interrupted", "completed"]
+    first, killed, last = data["attempts"]
+    assert data["started_at"] == first["started_at"] and killed["ended_at"] and killed["host"]
+    assert data["duration_s"] == pytest.approx(sum(a["duration_s"] for a in data["attempts"]))
+
+
+def test_the_attempts_of_a_run_are_one_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    tracker = OmegaConf.create({"mode": "auto", "project": "entigraph-test", "entity": None,
+                                "group": None, "tags": []})
+    ids = []
+    for attempt in range(2):
+        with run_record(tmp_path / "run", "train", {"run_name": "r"}, tracker) as record:
+            record.log(attempt + 1, loss=1.0)
+        ids.append(read_record(tmp_path / "run")["wandb_run_id"])
+    import wandb
+    wandb.teardown()
+    assert ids[0] and ids[0] == ids[1]
+    runs = sorted(p.name for p in (tmp_path / "run").rglob("offline-run-*"))
+    # offline-run-<time>-<id>, "-1" appended when both attempts start in the same second
+    assert len(runs) == 2 and all(f"-{ids[0]}" in name for name in runs), runs

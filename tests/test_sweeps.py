@@ -37,7 +37,8 @@ def test_grid_runs_every_job_past_a_failing_one_and_a_rerun_skips_completed(gene
             f"paths.runs={tmp_path}/runs", "launcher=joblib", "sweep.name=g",
             "data.synthetic_tokens=99999999,1024,2048", "optim.lr=1e-3,3e-4")
     first = entigraph(*args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 1, first.stderr[-3000:]  # after running every other job
+    assert "2 of 6 jobs failed" in first.stderr.strip().splitlines()[-1]
     sweep = tmp_path / "runs" / "sweeps" / "g"
     runs = records(sweep)
     assert sorted(runs) == sorted(f"tok{t}_mix0.0_lr{lr}_seed0" for t in (99999999, 1024, 2048)
@@ -53,7 +54,7 @@ def test_grid_runs_every_job_past_a_failing_one_and_a_rerun_skips_completed(gene
 
     started = time.monotonic()
     second = entigraph(*args[:-4], "launcher=local", *args[-3:], cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 1, second.stderr[-3000:]  # the failing jobs fail again
     assert "6 jobs, 4 completed, 2 failed (4 skipped" in second.stdout  # failed ones retried
     assert second.stdout.count("already completed; skipping") == 4
     assert time.monotonic() - started < 60
@@ -65,7 +66,9 @@ def test_grid_runs_every_job_past_a_failing_one_and_a_rerun_skips_completed(gene
                       f"paths.runs={tmp_path}/runs", "sweep.name=g", "data.synthetic_tokens=1024",
                       "optim.lr=1e-3,3e-4", "optim.warmup_ratio=0.2", cwd=tmp_path)
     assert "differs at optim.warmup_ratio" in third.stderr
-    assert "2 jobs, 2 failed" in third.stdout
+    assert "2 jobs, 2 failed" in third.stdout and third.returncode == 1
+    assert {n: r["status"] for n, r in records(sweep).items() if n.startswith("tok1024")} \
+        == {"tok1024_mix0.0_lr0.001_seed0": "completed", "tok1024_mix0.0_lr0.0003_seed0": "completed"}
 
 
 def test_grid_preset_composes_and_launchers_switch_by_one_key(tmp_path):

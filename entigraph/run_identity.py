@@ -1,0 +1,73 @@
+"""Which run a config is, and who may train it.
+
+A run folder holds one run: a completed run of the same config there is skipped, a completed run
+of another config is refused (never overwritten), and a lock on the folder lets one process at a
+time train it. The lock is an `flock`, which the kernel drops when its holder dies, so a crashed
+run is simply taken over by the next process that starts it.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from entigraph.errors import ConfigError
+from entigraph.records import CONFIG, is_main_process, read_record
+
+LOCK = ".lock"
+# Keys that name or launch a run but do not change what it computes.
+NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir")
+
+
+def run_key(config: dict) -> dict:
+    """The part of a resolved config that identifies a run's result."""
+    return {k: v for k, v in config.items() if k not in NOT_THE_RUN}
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(a.keys() | b.keys()):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return prefix.rstrip(".")
+
+
+def completed_record(cfg: DictConfig) -> Optional[dict]:
+    """The record of a completed run of this very config in cfg.run_dir, else None. A completed
+    run of another config there is refused: silently reusing or overwriting it would be wrong."""
+    record = read_record(cfg.run_dir)
+    if not record or record["status"] != "completed":
+        return None
+    saved = yaml.safe_load((Path(cfg.run_dir) / CONFIG).read_text())
+    wanted = run_key(OmegaConf.to_container(cfg, resolve=True))
+    if run_key(saved) != wanted:
+        key = _first_difference(run_key(saved), wanted)
+        raise ConfigError(f"{cfg.run_dir} holds a completed run of another config (it differs at "
+                          f"{key}); remove that folder or set run_name to a new name")
+    return record
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (main process only: the other processes of a multi-process
+    launch train the same run with it); wait, saying so, while another process holds it."""
+    if not is_main_process():
+        yield
+        return
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{run_dir}: another process is training this run; waiting for it", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,81 @@
+"""One run folder, one run: concurrent commands, a changed config, and kills at any point,
+through `entigraph train` as a user runs it."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli import entigraph
+
+pytestmark = pytest.mark.slow
+SMALL = ["model.hidden_size=64", "model.num_heads=2", "data.block_size=64",
+         "data.synthetic_tokens=40000", "trainer.epochs=2", "trainer.batch_size=8",
+         "trainer.micro_batch_size=4", "trainer.log_every=1", "trainer.checkpoint_every=5",
+         "optim.lr=1e-3", "eval.after_training=false", "tracker.mode=disabled"]
+
+
+def record_of(run_dir: Path) -> dict:
+    path = run_dir / "record.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def train(root, run_dir, *extra, wait=True):
+    return entigraph("train", f"paths.root={root}", f"run_dir={run_dir}", *SMALL, *extra,
+                     cwd=root, wait=wait)
+
+
+def test_two_commands_of_one_run_train_it_once(generated_root, tmp_path):
+    run_dir = tmp_path / "run"
+    procs = [subprocess.Popen([sys.executable, "-m", "entigraph", "train",
+                               f"paths.root={generated_root}", f"run_dir={run_dir}", *SMALL],
+                              cwd=generated_root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert sum("already completed; skipping" in out for out in outputs) == 1
+    record = record_of(run_dir)
+    assert record["status"] == "completed" and len(record["attempts"]) == 1
+
+    # A completed run's folder never takes a run of another config.
+    before = (run_dir / "record.json").read_text()
+    changed = train(generated_root, run_dir, "optim.warmup_ratio=0.2")
+    assert changed.returncode == 2
+    assert "holds a completed run of another config (it differs at optim.warmup_ratio)" \
+        in changed.stderr and changed.stderr.strip().count("\n") == 0
+    assert (run_dir / "record.json").read_text() == before
+
+
+def test_kills_in_training_and_before_the_resume_point_lose_no_history(generated_root, tmp_path):
+    run_dir = tmp_path / "run"
+    first = train(generated_root, run_dir, wait=False)
+    deadline = time.monotonic() + 300
+    state = run_dir / "checkpoint" / "trainer_state.json"
+    while time.monotonic() < deadline and not (state.exists()
+                                               and json.loads(state.read_text())["step"] >= 10):
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    logged = [h["step"] for h in record_of(run_dir)["history"]]
+    assert logged and logged[-1] >= 10
+
+    # Killed again as soon as its attempt is recorded: before it loads the model and knows
+    # where it resumes. The first attempt's curve must survive.
+    second = train(generated_root, run_dir, wait=False)
+    while time.monotonic() < deadline and len(record_of(run_dir).get("attempts", [])) < 2:
+        time.sleep(0.01)
+    second.send_signal(signal.SIGKILL)
+    second.wait()
+    assert [h["step"] for h in record_of(run_dir)["history"]][:len(logged)] == logged
+
+    third = train(generated_root, run_dir)
+    assert third.returncode == 0, third.stderr[-2000:]
+    record = record_of(run_dir)
+    assert record["status"] == "completed"
+    assert [h["step"] for h in record["history"]] == list(range(1, record["derived"]["steps"] + 1))
+    assert [a["outcome"] for a in record["attempts"]] == ["interrupted", "interrupted", "completed"]
+    assert record["started_at"] == record["attempts"][0]["started_at"]
