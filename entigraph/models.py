@@ -24,7 +24,8 @@ def check_pretrained(model_cfg) -> None:
             raise ConfigError(f"config: model.pretrained={name} has no config.json; set "
                               f"model.pretrained to a saved model folder or a hub id")
         return
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+    # A hub id is <name> or <org>/<name>; a path-like name that is not a folder is a typo.
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ConfigError(f"config: model.pretrained={name} is neither a model folder nor a hub "
                           f"id (<org>/<name>); set model.pretrained to one")
     from huggingface_hub import constants, try_to_load_from_cache

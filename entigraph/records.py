@@ -160,9 +160,8 @@ class RunRecord:
 def run_record(run_dir: Path, job_type: str, config: dict, tracker_cfg=None) -> Iterator[RunRecord]:
     """Open a run folder: write the resolved config, start the record (and W&B), and finalise
     the record as completed or failed however the body ends (Ctrl-C included)."""
-    from entigraph.tracking import start_tracker
-
     from entigraph.environment import run_environment
+    from entigraph.tracking import start_tracker
 
     run_dir = Path(run_dir)
     main = is_main_process()
