@@ -28,6 +28,7 @@ def _run(command: str, cfg):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    _set_preset(cfg, HydraConfig.get().runtime.choices.get("experiment"))
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         return _sweep_job(command, cfg)
     from entigraph import commands
@@ -40,6 +41,15 @@ def _run(command: str, cfg):
     except EntigraphError as err:
         print(f"entigraph {command}: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _set_preset(cfg, choice) -> None:
+    """cfg.preset from the experiment preset Hydra composed (its W&B tag), unless it was set."""
+    from omegaconf import open_dict
+
+    if "preset" in cfg and cfg.preset is None and choice not in (None, "null"):
+        with open_dict(cfg):
+            cfg.preset = choice
 
 
 def _sweep_job(command: str, cfg) -> dict:

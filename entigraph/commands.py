@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -86,16 +85,18 @@ def _report(metrics: dict, protocols) -> str:
 
 def _curve_probe(record, questions: list, cfg: DictConfig, on_eval: Optional[Callable]):
     """The evaluation run every eval.every_steps steps while training: mc accuracy on the
-    validation split, logged as `val_accuracy`; `on_eval(step, accuracy)` may stop the run
-    (a sweep's pruner raises)."""
+    validation split, logged as `val_accuracy` by the process that reports (the main one);
+    there `on_eval(step, accuracy)` may stop the run (a sweep's pruner raises)."""
     from entigraph.evaluation import evaluate_questions
 
     eval_cfg = OmegaConf.merge(cfg.eval, {"backend": "hf"})  # the model in memory, not a folder
 
-    def probe(model, tokenizer, step: int) -> None:
+    def probe(model, tokenizer, step: int, report: bool) -> None:
         result = evaluate_questions(model, tokenizer, questions, Path(cfg.run_dir) / "eval_curve",
                                     eval_cfg, limit=cfg.eval.every_limit, protocols=["mc"])
         accuracy = result["metrics"]["accuracy"]
+        if not report:
+            return
         record.log(step, val_accuracy=accuracy)
         if on_eval:
             on_eval(step, accuracy)
@@ -105,19 +106,30 @@ def _curve_probe(record, questions: list, cfg: DictConfig, on_eval: Optional[Cal
 
 def train(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] = None) -> dict:
     """Train and evaluate the run of `cfg` unless its folder holds it completed already (then
-    its record, with `skipped: True`); one process at a time per run folder."""
+    its record, with `skipped: True`); one process at a time per run folder; on
+    trainer.launch.processes processes (entigraph/launch.py)."""
+    from entigraph.launch import launches, train_launched
     from entigraph.models import check_pretrained
     from entigraph.run_identity import completed_record, run_lock
     from entigraph.synthesis import require_complete
     from entigraph.train_data import check_replay
 
     # Inputs are checked before a run folder exists.
-    require_complete(cfg.data.corpus_dir)
     check_pretrained(cfg.model)
+    if cfg.trainer.dry_run:
+        from entigraph.dry_run import describe, plan
+
+        result = plan(cfg)
+        print(describe(result))
+        return result
+    require_complete(cfg.data.corpus_dir)
     check_replay(cfg.data)
-    completed_record(cfg)  # a completed run of another config is refused before any wait
     questions = eval_questions(cfg, cfg.eval.split) if cfg.eval.after_training else []
     curve = eval_questions(cfg, "validation") if cfg.eval.every_steps else []
+    # A completed run of another config is refused before any wait; the launched processes
+    # take the lock themselves.
+    if not completed_record(cfg) and launches(cfg):
+        return train_launched(cfg, on_eval)
     with run_lock(cfg.run_dir):
         previous = completed_record(cfg)  # perhaps by the process this one waited for
         if previous:
@@ -130,17 +142,22 @@ def _train_run(cfg: DictConfig, questions: list, curve: list,
                on_eval: Optional[Callable[[int, float], None]]) -> dict:
     from entigraph import training
 
-    with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
-        probe = _curve_probe(record, curve, cfg, on_eval) if curve else None
-        model, tokenizer = training.train(cfg, record, probe)
-        if cfg.eval.after_training and is_main_process():
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.eval.backend == "vllm":
-                model, tokenizer = Path(cfg.run_dir) / "model", None  # the saved model
-            metrics = _evaluate_into(record, model, tokenizer, questions, cfg)
-            print(_report(metrics, cfg.eval.protocols))
+    try:
+        with run_record(cfg.run_dir, "train", _plain(cfg), cfg.tracker) as record:
+            probe = _curve_probe(record, curve, cfg, on_eval) if curve else None
+            model, tokenizer = training.train(cfg, record, probe)
+            if cfg.eval.after_training and is_main_process():
+                if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.eval.backend == "vllm":
+                    model, tokenizer = Path(cfg.run_dir) / "model", None  # the saved model
+                metrics = _evaluate_into(record, model, tokenizer, questions, cfg)
+                print(_report(metrics, cfg.eval.protocols))
+    except Exception as err:
+        if type(err).__name__ == "TrialPruned" and is_main_process():  # never resumed
+            training.remove_checkpoint(cfg.run_dir)
+        raise
     if is_main_process():
-        shutil.rmtree(Path(cfg.run_dir) / training.CHECKPOINT, ignore_errors=True)  # model saved
-    print(f"run folder: {cfg.run_dir}")
+        training.remove_checkpoint(cfg.run_dir)  # the model is saved
+        print(f"run folder: {cfg.run_dir}")
     return read_record(cfg.run_dir)
 
 
@@ -161,6 +178,7 @@ def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
 def sweep(cfg: DictConfig) -> list[dict]:
     """Train and evaluate every grid point in turn. Completed points are skipped on a rerun; a
     failed point is recorded in its folder and the sweep goes on."""
+    from entigraph.dry_run import total as dry_run_total
     from entigraph.sweeps.grid import grid_points
     from entigraph.sweeps.runs import run_point
 
@@ -176,6 +194,8 @@ def sweep(cfg: DictConfig) -> list[dict]:
             records.append(read_record(point.run_dir))
     print(f"sweep: {len(points) - len(failed)}/{len(points)} runs completed"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if dry := dry_run_total(records):
+        print(dry)
     if failed:  # after every other run: the exit code says the sweep is not whole
         print(f"entigraph {cfg.command}: error: {len(failed)} of {len(points)} runs failed "
               f"(each one's error is in its record); rerun to retry them", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -162,24 +163,64 @@ class OptimConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """How one training run is started (README "Training on several processes")."""
+    # Processes per run, one per GPU of the node (without GPUs, a gloo group of CPU processes).
+    # 1 trains in the calling process; more start the run with `accelerate launch`, whether
+    # it comes from `entigraph train`, a grid job, an Optuna trial or a W&B agent.
+    processes: int = knob(1, gt=0)
+    # An accelerate config for those processes, e.g. launch/fsdp_8gpu.yaml (FSDP); its
+    # num_processes is replaced by trainer.launch.processes. null: data parallel (DDP).
+    accelerate_config: Optional[str] = None
+
+    def check(self) -> None:
+        if self.accelerate_config and not Path(self.accelerate_config).is_file():
+            raise ConfigError(f"config: trainer.launch.accelerate_config={self.accelerate_config} "
+                              f"is not a file; give an accelerate config such as "
+                              f"launch/fsdp_8gpu.yaml, or null for data parallel")
+
+
+# Peak dense bf16 FLOP/s of known accelerators: model FLOPs utilisation, GPU-hour estimates.
+PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 125e12}
+
+
+@dataclass
+class EstimateConfig:
+    """trainer.dry_run's assumptions: a measured throughput (tokens/s per device, e.g. a run's
+    logged tokens_per_s / devices) or a model FLOPs utilisation on a GPU type."""
+    tokens_per_s: Optional[float] = knob(None, gt=0.0)
+    mfu: float = knob(0.4, gt=0.0, le=1.0)
+    gpu: str = knob("H100", choices=list(PEAK_FLOPS))
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = knob(2, gt=0)
     batch_size: int = knob(16, gt=0)  # global batch, in sequences
     micro_batch_size: int = knob(4, gt=0)  # sequences per device per forward pass
     log_every: int = knob(10, gt=0)
-    # Steps between checkpoints (0: none); a rerun of the same run resumes from the last one.
+    # Steps between checkpoints (0: none), and minutes (null: none): whichever comes first;
+    # the last step is always saved when either is set. A rerun resumes from the last one.
     checkpoint_every: int = knob(100, ge=0)
+    checkpoint_minutes: Optional[float] = knob(None, gt=0.0)
     # bf16 autocast (fp32 weights and optimizer) or plain fp32. auto: bf16 where the hardware
     # computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX-BF16), else fp32.
     precision: str = knob("auto", choices=["auto", "bf16", "fp32"])
     # The attention kernel while training. auto: eager for blocks of up to 512 tokens in bf16 on
     # a CPU (faster there; slower for longer blocks: README), else the model's own (sdpa).
     attention: str = knob("auto", choices=["auto", "sdpa", "eager"])
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    # Print a run's (or each grid job's and the grid's) steps, tokens, checkpoints and GPU-hours
+    # per trainer.estimate, then stop: nothing is tokenised, loaded or allocated.
+    dry_run: bool = False
+    estimate: EstimateConfig = field(default_factory=EstimateConfig)
 
     def check(self) -> None:
-        if self.batch_size % self.micro_batch_size:
+        per_step = self.micro_batch_size * self.launch.processes
+        if self.batch_size % per_step:
             raise ConfigError(f"config: trainer.batch_size={self.batch_size} is not a multiple of "
-                              f"trainer.micro_batch_size={self.micro_batch_size}; change either")
+                              f"trainer.micro_batch_size x trainer.launch.processes = "
+                              f"{self.micro_batch_size} x {self.launch.processes}; change either")
 
 
 @dataclass
@@ -278,10 +319,13 @@ class RunConfig:
     command: str = MISSING
     seed: int = 0
     run_name: str = ("${corpus.name}-${synthesis.method}/"
-                     "tok${data.synthetic_tokens}_mix${data.mixing_ratio}_lr${optim.lr}_seed${seed}")
+                     "tok${data.synthetic_tokens}_mix${data.mixing_ratio}_lr${optim.lr}_seed${seed}"
+                     "-${run_hash:}")  # a hash of everything that changes the result
     run_dir: str = "${paths.runs}/${run_name}"
     # eval only: the model folder to evaluate.
     checkpoint: Optional[str] = None
+    # The experiment preset composed (experiment=...), set from Hydra's choice: a W&B tag.
+    preset: Optional[str] = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -383,7 +427,10 @@ def register_configs() -> None:
     which types every group and rejects keys the schema does not have."""
     from hydra.core.config_store import ConfigStore
 
+    from entigraph.run_identity import run_hash
+
     OmegaConf.register_resolver("basename", _basename, replace=True)
+    OmegaConf.register_resolver("run_hash", run_hash, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig, replace=True)
     cs.store(name="analyze_schema", node=AnalyzeConfig, replace=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from entigraph.errors import ConfigError
 from entigraph.synthesis import read_items
-from entigraph.tiny_model import TOKENIZER_REVISION, build_tiny_model, train_tokenizer
+from entigraph.tiny_model import (TOKENIZER_REVISION, build_tiny_model, tiny_config,
+                                  train_tokenizer)
 
 
 def check_pretrained(model_cfg) -> None:
@@ -68,3 +69,16 @@ def load_model(model_cfg, tokenizer, context_length: int, seed: int):
         return AutoModelForCausalLM.from_pretrained(model_cfg.pretrained, dtype=dtype)
     model = build_tiny_model(model_cfg, tokenizer, context_length, seed)
     return model if dtype == "auto" else model.to(dtype)
+
+
+def count_parameters(model_cfg, context_length: int) -> int:
+    """The model's parameter count, from its config on the meta device: nothing is allocated
+    and no weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = (AutoConfig.from_pretrained(model_cfg.pretrained) if model_cfg.pretrained
+              else tiny_config(model_cfg, context_length))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())

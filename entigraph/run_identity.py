@@ -7,7 +7,10 @@ run is simply taken over by the next process that starts it.
 """
 from __future__ import annotations
 
+import copy
 import fcntl
+import hashlib
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,13 +23,39 @@ from entigraph.errors import ConfigError
 from entigraph.records import CONFIG, is_main_process, read_record
 
 LOCK = ".lock"
-# Keys that name or launch a run but do not change what it computes.
-NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir")
+# Keys that name, place, launch or log a run but do not change what it computes.
+NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir", "run_name", "preset", "paths",
+               "trainer.launch", "trainer.log_every", "trainer.checkpoint_every",
+               "trainer.checkpoint_minutes", "trainer.dry_run", "trainer.estimate")
+HASH_CHARS = 8
 
 
 def run_key(config: dict) -> dict:
     """The part of a resolved config that identifies a run's result."""
-    return {k: v for k, v in config.items() if k not in NOT_THE_RUN}
+    key = copy.deepcopy(config)
+    for dotted in NOT_THE_RUN:
+        *parents, leaf = dotted.split(".")
+        node = key
+        for parent in parents:
+            node = node.get(parent) or {}
+        node.pop(leaf, None)
+    return key
+
+
+def config_hash(config: dict) -> str:
+    """A short hash of a resolved config's run key: in the run folder's name, so runs that
+    differ in anything that changes a result never share a folder."""
+    text = json.dumps(run_key(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def run_hash(*, _root_: DictConfig) -> str:
+    """The `${run_hash:}` resolver: config_hash of the config being composed (its name and
+    folder, which hold the hash, and Hydra's own node left out)."""
+    config = OmegaConf.to_container(_root_, resolve=False)
+    config.pop("hydra", None)
+    config.update(run_name="", run_dir="")
+    return config_hash(OmegaConf.to_container(OmegaConf.create(config), resolve=True))
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:

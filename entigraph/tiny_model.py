@@ -33,18 +33,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
                                    pad_token=EOS, unk_token=EOS)
 
 
-def build_tiny_model(model_cfg, tokenizer, context_length: int, seed: int):
-    """A randomly initialised LlamaForCausalLM with the sizes in `model_cfg` (a validated
-    ModelConfig: head dimension >= 32), its vocabulary and special tokens from `tokenizer`."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_config(model_cfg, context_length: int, tokenizer=None):
+    """The LlamaConfig of the tiny model with the sizes in `model_cfg` (a validated ModelConfig:
+    head dimension >= 32); vocabulary and special tokens from `tokenizer`, or without one (to
+    count parameters before it exists) model.vocab_size."""
+    from transformers import LlamaConfig
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        # Generators (vLLM) stop on the model's EOS id: it must be the tokenizer's.
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    # Generators (vLLM) stop on the model's EOS id: it must be the tokenizer's.
+    vocabulary = {"vocab_size": model_cfg.vocab_size} if tokenizer is None else {
+        "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    return LlamaConfig(
+        **vocabulary,
         hidden_size=model_cfg.hidden_size,
         intermediate_size=model_cfg.intermediate_size,
         num_hidden_layers=model_cfg.num_layers,
@@ -53,5 +53,13 @@ def build_tiny_model(model_cfg, tokenizer, context_length: int, seed: int):
         max_position_embeddings=max(context_length, MIN_CONTEXT),
         tie_word_embeddings=True,
     )
+
+
+def build_tiny_model(model_cfg, tokenizer, context_length: int, seed: int):
+    """A randomly initialised tiny LlamaForCausalLM (tiny_config) for `tokenizer`."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = tiny_config(model_cfg, context_length, tokenizer)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

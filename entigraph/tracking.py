@@ -42,6 +42,16 @@ class Tracker:
         self.run.finish(exit_code=1 if failed else 0)
 
 
+def run_tags(tracker_cfg, config: dict) -> list[str]:
+    """tracker.tags, then the run's method and experiment preset, to filter runs by in W&B."""
+    tags = list(tracker_cfg.tags)
+    if method := (config.get("synthesis") or {}).get("method"):
+        tags.append(f"method:{method}")
+    if preset := config.get("preset"):
+        tags.append(f"preset:{preset}")
+    return list(dict.fromkeys(tags))
+
+
 def start_tracker(tracker_cfg, config: dict, run_dir: Path, job_type: str,
                   run_id: str | None = None) -> Tracker | None:
     """Start (or, given an earlier attempt's `run_id`, resume) the W&B run of `run_dir`; None
@@ -57,7 +67,7 @@ def start_tracker(tracker_cfg, config: dict, run_dir: Path, job_type: str,
         project=tracker_cfg.project,
         entity=tracker_cfg.entity,
         group=tracker_cfg.group,
-        tags=list(tracker_cfg.tags),
+        tags=run_tags(tracker_cfg, config),
         job_type=job_type,
         name=config.get("run_name") or Path(run_dir).name,
         dir=str(run_dir),

@@ -10,7 +10,6 @@ again; the run's command removes it once the run has completed.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import shutil
 import time
@@ -22,16 +21,14 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from entigraph.config import PEAK_FLOPS
 from entigraph.errors import ConfigError
 from entigraph.models import load_model, load_tokenizer
 from entigraph.records import RunRecord, write_json_atomic
 from entigraph.train_data import build_training_blocks
 
-log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 IGNORE_INDEX = -100  # labels the loss leaves out (transformers' convention)
-# Peak dense bf16 FLOP/s of known accelerators, for model FLOPs utilisation.
-PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 125e12}
 # Keys that change what a checkpoint means; logging and checkpoint cadence do not.
 # Precision and attention kernel too: a run resumed with others would not end as it would have.
 RESUME_KEYS = ("seed", "data", "model", "optim", "trainer.epochs", "trainer.batch_size",
@@ -142,6 +139,30 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, seen: dict, loss: fl
     accelerator.wait_for_everyone()
 
 
+def remove_checkpoint(run_dir: Path) -> None:
+    """Once a run has completed (its model saved), been pruned or failed for good, its
+    checkpoint (~100 GB for an 8B model) has no use left."""
+    for name in (CHECKPOINT, f"{CHECKPOINT}.tmp", f"{CHECKPOINT}.old"):
+        shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
+
+
+def _checkpoint_due(accelerator, trainer_cfg, step: int, total_steps: int,
+                    last_save: float) -> bool:
+    """Whether this step saves: every trainer.checkpoint_every steps or checkpoint_minutes
+    minutes (the main process's clock decides for all) and at the last step."""
+    import torch
+
+    every, minutes = trainer_cfg.checkpoint_every, trainer_cfg.checkpoint_minutes
+    if not (every or minutes):
+        return False
+    if step == total_steps or (every and step % every == 0):
+        return True
+    if not minutes:
+        return False
+    due = float(accelerator.is_main_process and time.monotonic() - last_save >= 60 * minutes)
+    return accelerator.reduce(torch.tensor(due, device=accelerator.device), "sum").item() > 0
+
+
 def _mfu(tokens_per_s: float, n_params: int, devices: int) -> float | None:
     """Model FLOPs utilisation (6 FLOPs per parameter per token) where the GPU's peak is known."""
     import torch
@@ -153,11 +174,32 @@ def _mfu(tokens_per_s: float, n_params: int, devices: int) -> float | None:
     return 6 * n_params * tokens_per_s / (peak * devices) if peak else None
 
 
+def _probe_everywhere(probe: Callable, accelerator, model, tokenizer, step: int) -> None:
+    """Every process runs the same evaluation, so a sharded (FSDP) model's forward passes, which
+    gather parameters across processes, pair up; a replicated one is evaluated in each process's
+    own copy. The main process reports; its outcome (a pruner stopping the run) is every
+    process's, so all stop together."""
+    from accelerate.utils import DistributedType, broadcast_object_list
+
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    stop = None
+    try:
+        probe(model if sharded else accelerator.unwrap_model(model), tokenizer, step,
+              accelerator.is_main_process)
+    except Exception as err:  # noqa: BLE001 - re-raised below, on every process
+        stop = err
+    if accelerator.num_processes > 1:
+        main_stop = broadcast_object_list([stop])[0]
+        stop = stop or main_stop
+    if stop is not None:
+        raise stop
+
+
 def train(cfg, record: RunRecord, probe: Callable | None = None):
     """Train per `cfg` (a validated RunConfig); save to <run_dir>/model; return (model, tokenizer).
 
-    probe(model, tokenizer, step), when given, runs every cfg.eval.every_steps steps on a single
-    process (an evaluation on one rank of a sharded model would wait for the others forever)."""
+    probe(model, tokenizer, step, report), when given, runs every cfg.eval.every_steps steps in
+    every process; the main process has report=True."""
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -206,15 +248,12 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
                        parameters=n_params, parameter_dtype=str(next(model.parameters()).dtype),
                        precision=precision, attention=training_attention, resumed_from_step=step)
 
-    if probe and accelerator.num_processes > 1:
-        log.warning("eval.every_steps: evaluation during training runs on one process only; "
-                    "skipped on %d processes", accelerator.num_processes)
-        probe = None
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step",
                disable=not accelerator.is_local_main_process)
     rank, world, bs = accelerator.process_index, accelerator.num_processes, cfg.data.block_size
     interval_tokens, interval_start = 0, time.perf_counter()
+    last_save = time.monotonic()
     order_epoch, order, is_replay = None, None, None
     while step < total_steps:
         epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -261,11 +300,11 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
             interval_tokens, interval_start = 0, time.perf_counter()
         # Before the checkpoint: a run killed while evaluating evaluates that step again.
         if probe and step % cfg.eval.every_steps == 0:
-            probe(accelerator.unwrap_model(model), tokenizer, step)
+            _probe_everywhere(probe, accelerator, model, tokenizer, step)
             interval_start = time.perf_counter()  # throughput counts training time only
-        if cfg.trainer.checkpoint_every and (step % cfg.trainer.checkpoint_every == 0
-                                             or step == total_steps):
+        if _checkpoint_due(accelerator, cfg.trainer, step, total_steps, last_save):
             _save_checkpoint(accelerator, run_dir, step, seen, loss_sum, cfg)
+            last_save = time.monotonic()
     bar.close()
     accelerator.wait_for_everyone()
     # Evaluation after training sees the model as `entigraph eval` loads it from disk: without

@@ -24,10 +24,13 @@ def with_overrides(cfg: DictConfig, overrides: dict, source: str = "sweep.grid")
 
 
 def in_sweep_group(point: DictConfig) -> DictConfig:
-    """`point` with its W&B group the sweep's name, unless tracker.group was chosen: a sweep's
-    runs are grouped in W&B however they were launched."""
+    """`point` with its W&B group the sweep's name, unless tracker.group was chosen, and tagged
+    `sweep:<name>`: a sweep's runs are grouped in W&B however they were launched."""
     with open_dict(point):
         point.tracker.group = point.tracker.group or point.sweep.name
+        tag = f"sweep:{point.sweep.name}"
+        if tag not in point.tracker.tags:
+            point.tracker.tags.append(tag)
     return point
 
 

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from entigraph.errors import ConfigError
@@ -29,6 +29,10 @@ MAX_FAILURES_IN_A_ROW = 3
 
 def check_objective(cfg: DictConfig) -> None:
     """The objective must be validation accuracy, and a pruner needs intermediate evaluations."""
+    if cfg.trainer.dry_run:
+        raise ConfigError("config: trainer.dry_run=true costs runs known in advance (a run or a "
+                          "grid); a search's trials are not: cost a grid over the space's "
+                          "corners with `entigraph train --multirun` instead")
     if cfg.eval.split != "validation" or not cfg.eval.after_training:
         raise ConfigError(f"config: eval.split={cfg.eval.split} (after_training="
                           f"{cfg.eval.after_training}): a search maximises validation accuracy; "
@@ -79,21 +83,50 @@ def trial_config(cfg: DictConfig, trial: optuna.Trial, params: dict) -> DictConf
     return point
 
 
+class PruneOnEval:
+    """A trial's on_eval: report each validation accuracy and stop the run when the pruner says
+    so. It pickles without its trial, so the processes of a launched run (trainer.launch) reach
+    the same trial through the study's storage."""
+
+    def __init__(self, cfg: DictConfig, trial: optuna.Trial) -> None:
+        self.study_name, self.trial_id = cfg.sweep.name, trial._trial_id
+        self.spec = OmegaConf.to_container(cfg.sweep.optuna, resolve=True)
+        self._trial: optuna.Trial | None = trial
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_trial": None}
+
+    def trial(self) -> optuna.Trial:
+        if self._trial is None:
+            spec = OmegaConf.create(self.spec)
+            study = optuna.load_study(study_name=self.study_name, pruner=make_pruner(spec),
+                                      storage=open_storage(spec.storage, spec))
+            self._trial = optuna.Trial(study, self.trial_id)
+        return self._trial
+
+    def __call__(self, step: int, accuracy: float) -> None:
+        trial = self.trial()
+        trial.report(accuracy, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"step {step}: validation accuracy {accuracy:.3f}")
+
+
 def objective(cfg: DictConfig, space: dict, started: list[int]):
     """The trial function; it appends each trial's number to `started` (this worker's trials)."""
     from entigraph.sweeps.runs import run_point
+    from entigraph.training import remove_checkpoint
 
     def run_trial(trial: optuna.Trial) -> float:
         started.append(trial.number)
         point = trial_config(cfg, trial, suggest(trial, space))
         trial.set_user_attr("run_dir", point.run_dir)
-
-        def on_eval(step: int, accuracy: float) -> None:
-            trial.report(accuracy, step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"step {step}: validation accuracy {accuracy:.3f}")
-
-        record = run_point(point, on_eval)
+        try:
+            record = run_point(point, PruneOnEval(cfg, trial))
+        except Exception:  # pruned or failed for good (a retry is a new trial): never resumed
+            remove_checkpoint(point.run_dir)
+            raise
+        if record["status"] == "pruned":  # by its launched processes (trainer.launch)
+            raise optuna.TrialPruned(record["error"])
         for key in ("n_questions", "n_scored"):  # the binomial fit of the analysis weighs by them
             trial.set_user_attr(key, record["metrics"].get(key))
         return record["metrics"]["accuracy"]

@@ -17,6 +17,8 @@ def run_point(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] =
     `skipped: True` when nothing was run. Exceptions propagate after the record says failed."""
     from entigraph.commands import train
 
+    if cfg.trainer.dry_run:  # a plan, printed: no run folder to record anything in
+        return train(cfg)
     before = read_record(cfg.run_dir)
     try:
         return train(cfg, on_eval=on_eval)

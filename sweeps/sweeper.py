@@ -71,6 +71,8 @@ class EntigraphSweeper(BasicSweeper):
         sys.exit(2)
 
     def _summarise(self, jobs: list) -> None:
+        from entigraph.dry_run import total as dry_run_total
+
         rows = [{"overrides": [o for o in job.overrides if o != RUN_DIR_IN_SWEEP],
                  **_summary_of(job.return_value)} for job in jobs]
         path = Path(self.config.sweep.dir) / "jobs.json"
@@ -82,6 +84,8 @@ class EntigraphSweeper(BasicSweeper):
               + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
               + f" ({sum(row['skipped'] for row in rows)} skipped as already completed)"
               + (f"; failed: {'; '.join(failed)}" if failed else "") + f"; summary: {path}")
+        if dry := dry_run_total([job.return_value for job in jobs]):
+            print(dry)
         if failed:  # every other job has run: now the exit code says the sweep is not whole
             print(f"entigraph {self.config.command}: error: {len(failed)} of {len(rows)} jobs "
                   f"failed (each one's error is in its record and in {path}); rerun the same "

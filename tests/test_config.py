@@ -33,6 +33,8 @@ def test_every_group_option_composes_under_train(compose, group, option):
         overrides.append("corpus.path=/tmp/x")
     if group == "generator" and option.startswith("vllm"):
         overrides.append("generator.model=/tmp/model")
+    if group == "launcher" and option == "slurm":  # 8 processes a run: a batch of 16 in 2s
+        overrides.append("trainer.micro_batch_size=2")
     cfg = compose("train", overrides)
     validate(cfg)
 
@@ -152,3 +154,25 @@ def test_an_empty_evaluation_split_is_named(compose, tmp_path):
     assert len(eval_questions(cfg, "test")) == 1  # a single article goes to test
     with pytest.raises(ConfigError, match="the validation split of corpus custom has no questions"):
         eval_questions(cfg, "validation")
+
+
+def test_run_folders_carry_a_hash_of_what_changes_the_result(compose):
+    import re
+
+    def name(*overrides: str) -> str:
+        return compose("train", list(overrides)).run_name
+
+    base = name()
+    assert re.fullmatch(r"demo-entigraph/tok\w+_mix0.0_lr5e-06_seed0-[0-9a-f]{8}", base), base
+    assert name("optim.warmup_ratio=0.2") != base  # a knob the name does not spell out
+    assert name("model.hidden_size=96") != base
+    # Naming, logging, checkpointing and how many processes train do not change the result.
+    assert name("trainer.log_every=3", "trainer.checkpoint_every=7", "tracker.mode=disabled",
+                "trainer.launch.processes=2", "sweep.name=other") == base
+
+
+def test_sweep_runs_are_grouped_and_tagged_by_sweep(compose):
+    from entigraph.sweeps.grid import in_sweep_group
+
+    point = in_sweep_group(in_sweep_group(compose("train", ["sweep.name=ladder"])))
+    assert point.tracker.group == "ladder" and list(point.tracker.tags) == ["sweep:ladder"]

@@ -60,7 +60,8 @@ def test_wandb_offline_mirror_gets_config_but_never_the_api_key(tmp_path, monkey
     tracker = OmegaConf.create({"mode": "auto", "project": "entigraph-test", "entity": None,
                                 "group": "g1", "tags": ["t1"]})
     config = {"run_name": "r1", "generator": {"api_key_env": "OPENAI_API_KEY"},
-              "optim": {"lr": 0.000123}}
+              "optim": {"lr": 0.000123}, "synthesis": {"method": "rephrase"},
+              "preset": "paper_rephrase"}
     with run_record(tmp_path / "run", "train", config, tracker) as record:
         record.log(1, loss=1.5)
         record.set_metrics(accuracy=0.25)
@@ -71,6 +72,7 @@ def test_wandb_offline_mirror_gets_config_but_never_the_api_key(tmp_path, monkey
     assert logs, "offline W&B run wrote no log"
     blob = logs[0].read_bytes()
     assert b"0.000123" in blob and b"OPENAI_API_KEY" in blob  # the config, with the key's name only
+    assert all(tag in blob for tag in (b"t1", b"method:rephrase", b"preset:paper_rephrase"))
     (table,) = (tmp_path / "run").rglob("questions_*.table.json")
     assert json.loads(table.read_text())["data"] == [["q-7", True]]
     for path in (tmp_path / "run").rglob("*"):

@@ -79,3 +79,28 @@ def test_kills_in_training_and_before_the_resume_point_lose_no_history(generated
     assert [h["step"] for h in record["history"]] == list(range(1, record["derived"]["steps"] + 1))
     assert [a["outcome"] for a in record["attempts"]] == ["interrupted", "interrupted", "completed"]
     assert record["started_at"] == record["attempts"][0]["started_at"]
+
+
+def test_a_kill_during_evaluation_evaluates_again_without_training_again(generated_root,
+                                                                         tmp_path):
+    run_dir = tmp_path / "run"
+    evaluated = ["eval.after_training=true", "tracker.mode=offline"]
+    first = train(generated_root, run_dir, *evaluated, wait=False)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (run_dir / "eval").exists():
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)  # the model is saved; its questions are being scored
+    first.wait()
+    killed = record_of(run_dir)
+    assert killed["status"] == "running" and "accuracy" not in killed["metrics"]
+
+    second = train(generated_root, run_dir, *evaluated)
+    assert second.returncode == 0, second.stderr[-2000:]
+    record = record_of(run_dir)
+    steps = record["derived"]["steps"]
+    assert record["status"] == "completed" and record["metrics"]["accuracy"] is not None
+    assert record["derived"]["resumed_from_step"] == steps  # the last checkpoint: no retraining
+    assert [h["step"] for h in record["history"]] == list(range(1, steps + 1))
+    assert [a["outcome"] for a in record["attempts"]] == ["interrupted", "completed"]
+    assert record["wandb_run_id"] == killed["wandb_run_id"] is not None
+    assert not (run_dir / "checkpoint").exists()

@@ -85,15 +85,15 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(root, tmp_pa
 @pytest.mark.parametrize("change,key", [("optim.weight_decay=0.5", "optim"),
                                         ("trainer.precision=fp32", "trainer.precision")])
 def test_checkpoint_from_a_different_config_is_refused(root, tmp_path, change, key):
-    proc = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}", *SMALL, cwd=root,
-                     wait=False)
+    # A named run folder: under the default name a changed config gets a folder of its own.
+    named = f"run_dir={tmp_path}/run"
+    proc = entigraph("train", f"paths.root={root}", named, *SMALL, cwd=root, wait=False)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list(tmp_path.rglob("checkpoint/trainer_state.json")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    out = entigraph("train", f"paths.root={root}", f"paths.runs={tmp_path}", *SMALL,
-                    change, cwd=root)
+    out = entigraph("train", f"paths.root={root}", named, *SMALL, change, cwd=root)
     assert out.returncode == 2
     assert f"made with different {key}" in out.stderr and out.stderr.strip().count("\n") == 0
 
