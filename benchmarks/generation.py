@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_MININTERVAL", "1")
 
 from entigraph.call_store import CallStore  # noqa: E402
-from entigraph.engine import Engine  # noqa: E402
+from entigraph.engine import Engine, PlannedCall  # noqa: E402
 from entigraph.llm import ChatRequest  # noqa: E402
 from entigraph.openai_backend import OpenAIBackend  # noqa: E402
 
@@ -176,7 +176,8 @@ async def run_engine(base_url: str, in_flight: int, requests: list[ChatRequest],
     try:
         with CallStore(store_dir / f"calls-{in_flight}.jsonl") as store:
             engine = Engine(timed, store, in_flight)
-            await engine.run(requests, desc=f"engine@{in_flight}")
+            await engine.run(lambda: (PlannedCall(r.key, "doc", lambda r=r: r) for r in requests),
+                             desc=f"engine@{in_flight}")
             return engine.spend.failures, steady_rate(timed.done, in_flight)
     finally:
         await backend.aclose()

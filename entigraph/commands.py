@@ -111,7 +111,7 @@ def train(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] = Non
     from entigraph.launch import launches, train_launched
     from entigraph.models import check_pretrained
     from entigraph.run_identity import completed_record, run_lock
-    from entigraph.synthesis import require_complete
+    from entigraph.corpus_folder import require_complete
     from entigraph.train_data import check_replay
 
     # Inputs are checked before a run folder exists.

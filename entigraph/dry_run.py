@@ -14,7 +14,7 @@ import math
 from entigraph.config import PEAK_FLOPS
 from entigraph.errors import ConfigError
 from entigraph.models import count_parameters
-from entigraph.synthesis import read_manifest
+from entigraph.corpus_folder import read_manifest
 from entigraph.token_data import replay_block_count
 
 

@@ -4,22 +4,27 @@ corpus and its manifest. Also the dry run, which plans and prices the calls with
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Iterator, Optional
+
+from tqdm.auto import tqdm
 
 from entigraph.call_store import CallStore
 from entigraph.corpus import Document
+from entigraph.corpus_folder import CALLS, CORPUS, MANIFEST
 from entigraph.engine import Budget, Engine, Prices
 from entigraph.errors import CorpusError
 from entigraph.llm import rejects_response_format, resolve_structured_output
 from entigraph.prompts import PROMPT_SETS, PromptSet
-from entigraph.records import write_atomic, write_json_atomic
-from entigraph.synthesis import (CALLS, CHARS_PER_TOKEN, CORPUS, MANIFEST, METHODS, Plan,
-                                 parse_extraction, raw_items, relation_calls)
+from entigraph.records import write_json_atomic, write_lines_atomic
+from entigraph.synthesis import (CHARS_PER_TOKEN, METHODS, Outcome, Plan, parse_extraction,
+                                 raw_items, relation_calls)
 
 log = logging.getLogger(__name__)
+COUNT_BATCH = 1024  # texts tokenised at a time when counting a corpus's tokens
 
 
 def check_context(docs: list[Document], generator_cfg) -> None:
@@ -59,7 +64,7 @@ def ingest_batch_results(store: CallStore, paths) -> bool:
             if isinstance(result, str):
                 log.warning("batch result %s failed: %s", key, result)
                 refused |= rejects_response_format(result)
-            elif store.result(key) is None:
+            elif not store.done(key):
                 store.put(key, result)
     return refused
 
@@ -68,8 +73,9 @@ def generate_corpus(docs: list[Document], cfg) -> dict:
     """Build the configured corpus in synthesis.output_dir; return its manifest."""
     syn = cfg.synthesis
     if syn.method == "raw":
-        return write_corpus(Path(syn.output_dir), raw_items(docs, PROMPT_SETS[syn.prompt_set]),
-                            docs, cfg, None, {}, "complete", None)
+        items = raw_items(docs, PROMPT_SETS[syn.prompt_set])
+        return write_corpus(Path(syn.output_dir), Outcome(lambda: iter(items), lambda: iter(())),
+                            docs, cfg, None, "complete", None)
     check_context(docs, cfg.generator)
     return asyncio.run(_synthesize(docs, cfg))
 
@@ -99,70 +105,101 @@ async def _synthesize(docs: list[Document], cfg) -> dict:
                 _write_batch(engine.unsent, gen.model, structured, out)
             # The backend may have switched to JSON mode when the server refused the schema.
             structured = getattr(backend, "structured_output", structured)
-            return write_corpus(out, outcome.items, docs, cfg, store, outcome.failed_docs,
-                                _status(engine, store), structured)
+            return write_corpus(out, outcome, docs, cfg, store, _status(engine), structured)
     finally:
         if backend is not None:
             await backend.aclose()
 
 
-def _write_batch(requests, model: str, structured_output: str, out: Path) -> None:
+def _write_batch(calls, model: str, structured_output: str, out: Path) -> None:
     from entigraph.batch_files import write_batch_requests
 
-    files = write_batch_requests(requests, model, out / "batch" / "requests.jsonl",
-                                 structured_output)
-    print(f"wrote {len(requests)} requests to {', '.join(map(str, files))}: submit them "
+    files = write_batch_requests([call.build() for call in calls], model,
+                                 out / "batch" / "requests.jsonl", structured_output)
+    print(f"wrote {len(calls)} requests to {', '.join(map(str, files))}: submit them "
           f"(OpenAI Batch API, or `python -m entigraph.vllm_backend run-batch -i <file> -o <out> "
           f"--model <model>` on your own GPUs), then rerun with "
           f"generator.batch_results=[<result files>] to ingest them and plan the next stage")
 
 
-def _status(engine: Engine, store: CallStore) -> str:
+def _status(engine: Engine) -> str:
     if engine.unsent:
         return "waiting_for_batch"
     if engine.budget_reached():
         return "budget_reached"
-    return "incomplete" if store.failures() else "complete"
+    return "complete"  # or "incomplete", once the manifest counts failed calls
 
 
-def _count_tokens(items: list[dict], out: Path, model_cfg) -> list[int]:
-    """Synthetic tokens of each text, counted with the training tokenizer."""
+def _token_counter(model_cfg, out: Path):
+    """(tokenizer, what it is): the training tokenizer where it is at hand (the tiny model's is
+    trained on this corpus), else None and why: a generation never fails for want of it, and
+    training counts the real tokens when it tokenises."""
     from entigraph.models import load_tokenizer
 
-    tokenizer = load_tokenizer(model_cfg, out)
-    texts = [item["text"] for item in items]
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    name = model_cfg.pretrained or f"{model_cfg.name} tokenizer trained on this corpus"
+    try:
+        return load_tokenizer(model_cfg, out), name
+    except OSError as err:  # gated, not cached, no network
+        reason = str(err).splitlines()[0][:120]
+        log.warning("token counts are estimated (characters / %d): the training tokenizer %s "
+                    "is not at hand (%s)", CHARS_PER_TOKEN, name, reason)
+        return None, f"estimate: characters / {CHARS_PER_TOKEN} ({name} was not at hand)"
 
 
-def write_corpus(out: Path, items: list[dict], docs, cfg, store, failed_docs: dict, status: str,
+def _count_tokens(path: Path, tokenizer) -> Iterator[tuple[str, int]]:
+    """(document uid, tokens) of each text of a corpus file, read and tokenised in batches."""
+    with open(path) as f:
+        for lines in iter(lambda: list(itertools.islice(f, COUNT_BATCH)), []):
+            items = [json.loads(line) for line in lines]
+            texts = [item["text"] for item in items]
+            counts = ([len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+                      if tokenizer else [len(text) // CHARS_PER_TOKEN for text in texts])
+            yield from zip((item["doc_uid"] for item in items), counts)
+
+
+def _call_stats(store, calls: Iterable, docs, prices: Prices) -> dict[str, dict]:
+    """Calls, failed calls, tokens and cost per document over this corpus's `calls` (the store's
+    index records: no text is read)."""
+    stats = {doc.uid: {"title": doc.title, "calls": 0, "input_tokens": 0, "output_tokens": 0,
+                       "failed_calls": 0, "texts": 0, "synthetic_tokens": 0, "cost": 0.0}
+             for doc in docs}
+    for call in calls:
+        record = store.record(call.key)
+        if record is None:
+            continue
+        *_, input_tokens, output_tokens, error = record
+        row = stats[call.doc]
+        if error:
+            row["failed_calls"] += 1
+            continue
+        row["calls"] += 1
+        row["input_tokens"] += input_tokens
+        row["output_tokens"] += output_tokens
+        row["cost"] += prices.cost(input_tokens, output_tokens)
+    return stats
+
+
+def write_corpus(out: Path, outcome: Outcome, docs, cfg, store, status: str,
                  structured_output: Optional[str]) -> dict:
-    """corpus.jsonl, then manifest.json (per document and in total: calls, tokens, cost);
-    `structured_output` is the extraction output mode the run used (None: no extraction)."""
-    write_atomic(out / CORPUS, "".join(json.dumps(item) + "\n" for item in items))
+    """corpus.jsonl (written as its texts are read), then manifest.json (per document and in
+    total: calls, tokens, cost); `structured_output` is the extraction output mode the run used
+    (None: no extraction)."""
+    write_lines_atomic(out / CORPUS, (json.dumps(item) + "\n" for item in outcome.items()))
     prices = Prices(cfg.generator.price_input_per_mtok, cfg.generator.price_output_per_mtok)
-    per_doc = {doc.uid: {"title": doc.title, "calls": 0, "input_tokens": 0, "output_tokens": 0,
-                         "failed_calls": 0, "texts": 0, "synthetic_tokens": 0, "cost": 0.0}
-               for doc in docs}
-    for entry in (store.entries.values() if store else ()):
-        stats = per_doc.get(entry["meta"].get("doc"))
-        if stats is None:
-            continue
-        if "error" in entry:
-            stats["failed_calls"] += 1
-            continue
-        stats["calls"] += 1
-        stats["input_tokens"] += entry["input_tokens"]
-        stats["output_tokens"] += entry["output_tokens"]
-        stats["cost"] += prices.cost(entry["input_tokens"], entry["output_tokens"])
-    for item, tokens in zip(items, _count_tokens(items, out, cfg.model)):
-        per_doc[item["doc_uid"]]["texts"] += 1
-        per_doc[item["doc_uid"]]["synthetic_tokens"] += tokens
-    for uid, reason in failed_docs.items():
+    per_doc = _call_stats(store, outcome.calls(), docs, prices)
+    tokenizer, counter = _token_counter(cfg.model, out)
+    for uid, tokens in tqdm(_count_tokens(out / CORPUS, tokenizer), desc="counting tokens",
+                            unit="text"):
+        per_doc[uid]["texts"] += 1
+        per_doc[uid]["synthetic_tokens"] += tokens
+    for uid, reason in outcome.failed_docs.items():
         per_doc[uid]["failure"] = reason
     totals = {key: sum(d[key] for d in per_doc.values())
               for key in ("calls", "input_tokens", "output_tokens", "failed_calls", "texts",
                           "synthetic_tokens", "cost")}
-    totals["failed_documents"] = len(failed_docs)
+    totals["failed_documents"] = len(outcome.failed_docs)
+    if status == "complete" and totals["failed_calls"]:
+        status = "incomplete"
     gen, syn = cfg.generator, cfg.synthesis
     manifest = {
         "status": status,
@@ -177,7 +214,7 @@ def write_corpus(out: Path, items: list[dict], docs, cfg, store, failed_docs: di
                      "rephrase_rounds": syn.rephrase_rounds, "seed": syn.seed,
                      "budget_tokens": syn.budget_tokens, "budget_dollars": syn.budget_dollars},
         "prices_per_mtok": {"input": gen.price_input_per_mtok, "output": gen.price_output_per_mtok},
-        "token_counter": cfg.model.pretrained or f"{cfg.model.name} tokenizer trained on this corpus",
+        "token_counter": counter,
         "documents": per_doc,
         "totals": totals,
     }
@@ -193,25 +230,18 @@ def stored_entity_counts(docs: list[Document], cfg) -> dict[str, int]:
     if not path.exists():
         return {}
     plan = Plan(PROMPT_SETS[syn.prompt_set], cfg.generator)
-    wanted = {plan.key(doc, "extraction", sample=attempt): (doc.uid, attempt)
-              for doc in docs for attempt in range(syn.extraction_attempts)}
-    found: dict[str, tuple[int, int]] = {}  # uid -> (attempt, entities): the first valid attempt
-    prefix = b'{"key": "'
-    with open(path, "rb") as f:
-        for line in f:
-            # Only extraction lines are parsed: the key leads every line (CallStore._append).
-            key = line[len(prefix):len(prefix) + 32].decode("ascii", "replace")
-            if key not in wanted or not line.endswith(b"\n"):
-                continue
-            entry = json.loads(line)
-            uid, attempt = wanted[key]
-            try:
-                count = len(parse_extraction(entry.get("text", ""), syn.max_entities)[1])
-            except ValueError:
-                continue
-            if uid not in found or attempt < found[uid][0]:
-                found[uid] = (attempt, count)
-    return {uid: count for uid, (_, count) in found.items()}
+    counts = {}
+    with CallStore(path, writable=False) as store:
+        for doc in docs:
+            for attempt in range(syn.extraction_attempts):  # the first valid attempt counts
+                result = store.result(plan.key(doc, "extraction", sample=attempt))
+                try:
+                    if result is not None:
+                        counts[doc.uid] = len(parse_extraction(result.text, syn.max_entities)[1])
+                        break
+                except ValueError:  # an invalid extraction: the next attempt may count
+                    continue
+    return counts
 
 
 def estimate(docs: list[Document], cfg) -> dict:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from entigraph.errors import ConfigError
-from entigraph.synthesis import read_items
+from entigraph.corpus_folder import iter_texts
 from entigraph.tiny_model import (TOKENIZER_REVISION, build_tiny_model, tiny_config,
                                   train_tokenizer)
 
@@ -45,10 +45,9 @@ def load_tokenizer(model_cfg, corpus_dir: Path):
     path = Path(corpus_dir) / (f"tokenizer-{model_cfg.name}-v{model_cfg.vocab_size}-"
                                f"{TOKENIZER_REVISION}")
     if not path.exists():
-        texts = [item["text"] for item in read_items(corpus_dir)]
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        train_tokenizer(texts, model_cfg.vocab_size).save_pretrained(tmp)
+        train_tokenizer(iter_texts(corpus_dir), model_cfg.vocab_size).save_pretrained(tmp)
         tmp.rename(path)  # atomic: a half-saved tokenizer is never picked up
     return AutoTokenizer.from_pretrained(path)
 

@@ -14,7 +14,7 @@ import traceback
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import yaml
 
@@ -24,12 +24,18 @@ CONFIG = "config.yaml"
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` so a reader sees the old file or the new one, never a torn one."""
+    write_lines_atomic(path, [text])
+
+
+def write_lines_atomic(path: Path, chunks: Iterable[str]) -> None:
+    """write_atomic for text made piece by piece (a corpus of millions of lines): written as
+    it comes, never held whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(text)
+            f.writelines(chunks)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,7 +1,7 @@
 """Synthetic corpora from documents: EntiGraph, Rephrase and Raw (design brief §1).
 
-A corpus folder holds `calls.jsonl` (every generator call, durably, see call_store.py),
-`corpus.jsonl` (one synthetic text a line) and `manifest.json`, written last. Rerunning
+Generation writes a corpus folder (corpus_folder.py: the call store, the texts, the manifest
+written last). Rerunning
 `generate` makes only the calls not yet in the store, so it resumes after a kill, continues after
 a raised budget, and costs nothing when everything is done.
 """
@@ -13,57 +13,46 @@ import logging
 import random
 from dataclasses import dataclass, field
 from math import comb
-from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from entigraph.call_store import call_key
 from entigraph.corpus import Document
-from entigraph.engine import Engine
-from entigraph.errors import CorpusError
+from entigraph.engine import Engine, PlannedCall
 from entigraph.llm import ChatRequest
 from entigraph.prompts import EXTRACTION_SCHEMA, PromptSet
 
-CORPUS = "corpus.jsonl"
-MANIFEST = "manifest.json"
-CALLS = "calls.jsonl"
 CHARS_PER_TOKEN = 4  # for estimates before any tokenizer is at hand
 log = logging.getLogger(__name__)
 
 
-# --- reading corpus folders -----------------------------------------------------------------
-
-def read_manifest(corpus_dir: Path) -> dict | None:
-    path = Path(corpus_dir) / MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def require_complete(corpus_dir: Path) -> None:
-    if read_manifest(corpus_dir) is None:
-        raise CorpusError(f"no complete synthetic corpus at {corpus_dir} (no {MANIFEST}); "
-                          f"run `entigraph generate` first or set data.corpus_dir")
-
-
-def read_items(corpus_dir: Path) -> list[dict]:
-    """The texts of `corpus.jsonl`, in file order (the manifest is not checked)."""
-    with open(Path(corpus_dir) / CORPUS) as f:
-        return [json.loads(line) for line in f]
-
-
-def read_corpus(corpus_dir: Path) -> list[dict]:
-    """The synthetic texts of a finished corpus folder, in file order."""
-    require_complete(corpus_dir)
-    return read_items(corpus_dir)
-
-
 # --- planning -------------------------------------------------------------------------------
 
+def nth_combination(items: list, r: int, index: int) -> tuple:
+    """The `index`-th r-combination of `items` in itertools.combinations order, without
+    listing the ones before it."""
+    n, chosen, start = len(items), [], 0
+    for slots in range(r, 0, -1):
+        for i in range(start, n):
+            below = comb(n - i - 1, slots - 1)  # combinations that take item i here
+            if index < below:
+                chosen.append(items[i])
+                start = i + 1
+                break
+            index -= below
+    return tuple(chosen)
+
+
 def entity_tuples(entities: list[str], max_triples: Optional[int],
-                  rng: random.Random) -> list[tuple[str, ...]]:
+                  rng: random.Random) -> Iterator[tuple[str, ...]]:
     """Every pair in extraction order, then the first `max_triples` triples (None: all) of a
-    seeded shuffle of all of them, so raising the cap only adds triples."""
-    triples = list(itertools.combinations(entities, 3))
-    rng.shuffle(triples)
-    return list(itertools.combinations(entities, 2)) + triples[:max_triples]
+    seeded shuffle of all of them, so raising the cap only adds triples. The shuffle is of the
+    triples' positions (the same permutation a shuffle of the triples would make), so a
+    document with hundreds of entities never lists its millions of triples."""
+    yield from itertools.combinations(entities, 2)
+    order = list(range(comb(len(entities), 3)))
+    rng.shuffle(order)
+    for index in order[:max_triples]:
+        yield nth_combination(entities, 3, index)
 
 
 def relation_calls(entities: int, max_triples: Optional[int]) -> int:
@@ -91,48 +80,62 @@ def parse_extraction(text: str, max_entities: Optional[int]) -> tuple[str, list[
     return summary.strip(), unique[:max_entities]
 
 
-def round_robin(*sequences: list) -> list:
-    """Interleave per-document request lists so a budget cut leaves every document covered."""
-    return [x for group in itertools.zip_longest(*sequences) for x in group if x is not None]
+def round_robin(*sequences: Iterable) -> Iterator:
+    """Interleave per-document call sequences so a budget cut leaves every document covered."""
+    for group in itertools.zip_longest(*sequences):
+        yield from (x for x in group if x is not None)
 
 
 @dataclass
 class Plan:
-    """Turns (document, kind, ...) into keyed chat requests under one prompt set and model."""
+    """Turns (document, kind, ...) into keyed calls under one prompt set, model and settings."""
     prompts: PromptSet
     generator: object  # GeneratorConfig
 
-    def key(self, doc: Document, kind: str, entities=(), sample=0, style=None) -> str:
-        """The call store key of a request (what `request` would build)."""
-        return call_key(self.prompts.name, self.generator.model, doc.uid,
-                        kind if style is None else f"{kind}:{style}", tuple(entities), sample)
-
-    def request(self, doc: Document, kind: str, messages, entities=(), sample=0, style=None,
-                schema=None) -> ChatRequest:
+    def settings(self, kind: str) -> dict:
+        """What changes a reply besides its prompt: sampling, and the extraction's output mode
+        (as configured: the run's own fallback to JSON mode keeps the keys)."""
         g = self.generator
+        settings = {"temperature": g.temperature, "max_tokens": g.max_tokens}
+        return {**settings, "structured_output": g.structured_output} \
+            if kind == "extraction" else settings
+
+    def key(self, doc: Document, kind: str, entities=(), sample=0, style=None) -> str:
+        """The call store key of a call."""
+        return call_key(self.prompts.name, self.generator.model, doc.uid,
+                        kind if style is None else f"{kind}:{style}", tuple(entities), sample,
+                        self.settings(kind))
+
+    def call(self, doc: Document, kind: str, messages: Callable[[], tuple], entities=(),
+             sample=0, style=None, schema=None) -> PlannedCall:
+        g = self.generator
+        key = self.key(doc, kind, entities, sample, style)
         meta = {"doc": doc.uid, "kind": kind, "entities": list(entities), "sample": sample,
                 "style": style}
-        return ChatRequest(self.key(doc, kind, entities, sample, style), messages, g.temperature,
-                           g.max_tokens, schema, None, meta)
+        return PlannedCall(key, doc.uid, lambda: ChatRequest(key, messages(), g.temperature,
+                                                             g.max_tokens, schema, None, meta))
 
-    def extraction(self, doc: Document, attempt: int) -> ChatRequest:
-        return self.request(doc, "extraction", self.prompts.extraction_messages(doc),
-                            sample=attempt, schema=EXTRACTION_SCHEMA)
+    def extraction(self, doc: Document, attempt: int) -> PlannedCall:
+        return self.call(doc, "extraction", lambda: self.prompts.extraction_messages(doc),
+                         sample=attempt, schema=EXTRACTION_SCHEMA)
 
-    def relation(self, doc: Document, entities: tuple[str, ...]) -> ChatRequest:
-        return self.request(doc, "relation", self.prompts.relation_messages(doc, entities),
-                            entities=entities)
+    def relation(self, doc: Document, entities: tuple[str, ...]) -> PlannedCall:
+        return self.call(doc, "relation", lambda: self.prompts.relation_messages(doc, entities),
+                         entities=entities)
 
-    def rephrase(self, doc: Document, style: str, sample: int) -> ChatRequest:
-        return self.request(doc, "rephrase", self.prompts.rephrase_messages(doc, style),
-                            sample=sample, style=style)
+    def rephrase(self, doc: Document, style: str, sample: int) -> PlannedCall:
+        return self.call(doc, "rephrase", lambda: self.prompts.rephrase_messages(doc, style),
+                         sample=sample, style=style)
 
 
 # --- running the methods --------------------------------------------------------------------
 
 @dataclass
 class Outcome:
-    items: list[dict] = field(default_factory=list)  # the corpus texts, in order
+    # The corpus texts in order, as a function yielding them (read from the store one by one).
+    items: Callable[[], Iterator[dict]]
+    # Every call of this corpus (the store may also hold calls made under other settings).
+    calls: Callable[[], Iterator[PlannedCall]]
     failed_docs: dict[str, str] = field(default_factory=dict)  # uid -> reason
 
 
@@ -144,11 +147,11 @@ async def _extract_all(docs, plan: Plan, engine: Engine, cfg) -> tuple[dict, dic
     for attempt in range(cfg.extraction_attempts):
         if not todo or engine.budget_reached():
             break
-        results = await engine.run([plan.extraction(d, attempt) for d in todo],
-                                   desc=f"entity extraction (attempt {attempt + 1})")
+        await engine.run(lambda: [plan.extraction(d, attempt) for d in todo],
+                         desc=f"entity extraction (attempt {attempt + 1})")
         retry = []
         for doc in todo:
-            result = results.get(plan.extraction(doc, attempt).key)
+            result = engine.store.result(plan.extraction(doc, attempt).key)
             if result is None:
                 continue
             try:
@@ -161,34 +164,61 @@ async def _extract_all(docs, plan: Plan, engine: Engine, cfg) -> tuple[dict, dic
     return extracted, invalid
 
 
+def _stored_items(store, planned: Iterable[tuple[PlannedCall, dict]]) -> Iterator[dict]:
+    """The corpus items (fields and reply text) of the planned calls whose replies are stored,
+    read one at a time."""
+    for call, fields in planned:
+        if result := store.result(call.key):
+            yield {**fields, "text": result.text}
+
+
+def _calls(planned: Iterable[tuple[PlannedCall, dict]]) -> Iterator[PlannedCall]:
+    return (call for call, _ in planned)
+
+
 async def entigraph_method(docs, plan: Plan, engine: Engine, cfg) -> Outcome:
     extracted, reasons = await _extract_all(docs, plan, engine, cfg)
     valid = [doc for doc in docs if doc.uid in extracted]
-    per_doc = [[plan.relation(doc, t) for t in entity_tuples(
-        extracted[doc.uid][1], cfg.max_triples, random.Random(f"{cfg.seed}:{doc.uid}"))]
-        for doc in valid]
-    results = await engine.run(round_robin(*per_doc), desc="relation analysis")
-    outcome = Outcome(failed_docs=reasons)
-    for doc, requests in zip(valid, per_doc):
-        outcome.items.append({"id": f"{doc.uid}/summary", "doc_uid": doc.uid, "kind": "summary",
-                              "entities": [], "text": extracted[doc.uid][0]})
-        outcome.items.extend(
-            {"id": f"{doc.uid}/{r.key[:12]}", "doc_uid": doc.uid,
-             "kind": "pair" if len(r.meta["entities"]) == 2 else "triple",
-             "entities": r.meta["entities"], "text": results[r.key].text}
-            for r in requests if r.key in results)
-    return outcome
+
+    def relations(doc: Document) -> Iterator[tuple[PlannedCall, dict]]:
+        for entities in entity_tuples(extracted[doc.uid][1], cfg.max_triples,
+                                      random.Random(f"{cfg.seed}:{doc.uid}")):
+            call = plan.relation(doc, entities)
+            yield call, {"id": f"{doc.uid}/{call.key[:12]}", "doc_uid": doc.uid,
+                         "kind": "pair" if len(entities) == 2 else "triple",
+                         "entities": list(entities)}
+
+    await engine.run(lambda: _calls(round_robin(*(relations(doc) for doc in valid))),
+                     desc="relation analysis")
+
+    def items() -> Iterator[dict]:
+        for doc in valid:
+            yield {"id": f"{doc.uid}/summary", "doc_uid": doc.uid, "kind": "summary",
+                   "entities": [], "text": extracted[doc.uid][0]}
+            yield from _stored_items(engine.store, relations(doc))
+
+    def calls() -> Iterator[PlannedCall]:
+        yield from (plan.extraction(doc, attempt) for doc in docs
+                    for attempt in range(cfg.extraction_attempts))
+        yield from _calls(itertools.chain.from_iterable(relations(doc) for doc in valid))
+
+    return Outcome(items, calls, reasons)
 
 
 async def rephrase_method(docs, plan: Plan, engine: Engine, cfg) -> Outcome:
     styles = list(plan.prompts.rephrase_styles)
-    requests = [plan.rephrase(doc, style, n) for n in range(cfg.rephrase_rounds)
-                for style in styles for doc in docs]  # round by round, so a budget cut is even
-    results = await engine.run(requests, desc="rephrasing")
-    return Outcome(items=[{"id": f"{r.meta['doc']}/{r.meta['style']}/{r.meta['sample']}",
-                           "doc_uid": r.meta["doc"], "kind": f"rephrase-{r.meta['style']}",
-                           "entities": [], "text": results[r.key].text}
-                          for r in requests if r.key in results])
+
+    def rephrasings() -> Iterator[tuple[PlannedCall, dict]]:
+        for n in range(cfg.rephrase_rounds):  # round by round, so a budget cut is even
+            for style in styles:
+                for doc in docs:
+                    yield plan.rephrase(doc, style, n), {
+                        "id": f"{doc.uid}/{style}/{n}", "doc_uid": doc.uid,
+                        "kind": f"rephrase-{style}", "entities": []}
+
+    await engine.run(lambda: _calls(rephrasings()), desc="rephrasing")
+    return Outcome(lambda: _stored_items(engine.store, rephrasings()),
+                   lambda: _calls(rephrasings()))
 
 
 def raw_items(docs: list[Document], prompts: PromptSet) -> list[dict]:

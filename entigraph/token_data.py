@@ -8,14 +8,17 @@ re-tokenises and no cache is read with the wrong tokenizer or framing.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import itertools
 import json
 import shutil
 import tempfile
+from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,15 +50,35 @@ def cache_key(source_digest: str, tokenizer_fingerprint: str, text_framing: str)
                           .encode()).hexdigest()[:16]
 
 
-def tokenize_once(texts: Callable[[], list[str]], tokenizer, out_dir: Path, meta: dict) -> TokenArrays:
-    """Tokenise `texts()` into `out_dir` unless a complete cache is already there. `meta`, with
-    the framing, is recorded in the manifest, and an existing cache must agree with it (same
-    source, same tokenizer, same framing) or it is refused."""
+@contextmanager
+def _tokenising_lock(out_dir: Path) -> Iterator[None]:
+    """One process tokenises a cache; the others (sweep jobs, the ranks of a run) wait for it
+    and then read what it made. An flock: the kernel drops it if its holder dies."""
+    path = out_dir.with_name(f".{out_dir.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{out_dir}: another process is tokenising this corpus; waiting for it",
+                  flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def tokenize_once(texts: Callable[[], Iterable[str]], tokenizer, out_dir: Path, meta: dict,
+                  total: Optional[int] = None) -> TokenArrays:
+    """Tokenise `texts()` (`total` of them, for the progress bar) into `out_dir` unless a
+    complete cache is already there. `meta`, with the framing, is recorded in the manifest, and
+    an existing cache must agree with it (same source, same tokenizer, same framing) or it is
+    refused."""
     out_dir = Path(out_dir)
     meta = {**meta, "framing": framing(tokenizer)}
     manifest = out_dir / "manifest.json"
     if not manifest.exists():
-        _tokenize(texts(), tokenizer, out_dir, meta)
+        with _tokenising_lock(out_dir):
+            if not manifest.exists():  # not made by the process this one waited for
+                _tokenize(texts(), tokenizer, out_dir, meta, total)
     found = json.loads(manifest.read_text())
     differs = [key for key in meta if found.get(key) != meta[key]]
     if differs:
@@ -64,39 +87,40 @@ def tokenize_once(texts: Callable[[], list[str]], tokenizer, out_dir: Path, meta
     return load_tokens(out_dir)
 
 
-def _tokenize(texts: list[str], tokenizer, out_dir: Path, meta: dict) -> None:
-    """Each batch's ids go to disk as they come: memory holds one batch of ids and one length
-    per text, never the whole corpus."""
+def _tokenize(texts: Iterable[str], tokenizer, out_dir: Path, meta: dict,
+              total: Optional[int]) -> None:
+    """Texts are read, tokenised and written a batch at a time: memory holds one batch of texts
+    and ids and one length per text, whatever the corpus's size."""
     head = () if meta["framing"] == "eos" else (tokenizer.bos_token_id,)
     eos = tokenizer.eos_token_id
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
-    # A folder of this process's own: parallel sweep jobs may tokenise the same corpus at once.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    texts = iter(texts)
     try:
-        lengths: list[int] = []
-        with open(tmp / "tokens.bin", "wb") as f:
-            for start in tqdm(range(0, len(texts), BATCH), desc="tokenising", unit="batch"):
+        lengths, n_tokens = array("q"), 0  # one length per text
+        bar = tqdm(total=total, desc="tokenising", unit="text")
+        with open(tmp / "tokens.bin", "wb") as f, bar:
+            for batch in iter(lambda: list(itertools.islice(texts, BATCH)), []):
                 # The fast tokenizer encodes a batch on all cores; we add the framing ourselves.
-                ids = tokenizer(texts[start:start + BATCH], add_special_tokens=False)["input_ids"]
+                ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
                 sizes = [len(head) + len(x) + 1 for x in ids]
                 lengths.extend(sizes)
                 np.fromiter(itertools.chain.from_iterable((*head, *x, eos) for x in ids),
                             dtype=dtype, count=sum(sizes)).tofile(f)
+                n_tokens += sum(sizes)
+                bar.update(len(batch))
+                rate = n_tokens / max(bar.format_dict["elapsed"], 1e-9)
+                bar.set_postfix(tokens=f"{n_tokens:,}", per_s=f"{rate:,.0f}", refresh=False)
         offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
         np.save(tmp / "offsets.npy", offsets)
         write_json_atomic(tmp / "manifest.json", {**meta, "dtype": np.dtype(dtype).name,
                                                   "n_texts": len(lengths),
                                                   "n_tokens": int(offsets[-1])})
+        tmp.rename(out_dir)  # the folder appears complete or not at all
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    try:
-        tmp.rename(out_dir)  # the folder appears complete or not at all
-    except OSError:  # another job made the same cache first: keep theirs
-        shutil.rmtree(tmp)
-        if not (out_dir / "manifest.json").exists():
-            raise
 
 
 def load_tokens(token_dir: Path) -> TokenArrays:

@@ -20,13 +20,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from entigraph.errors import ConfigError, CorpusError
 from entigraph.models import tokenizer_fingerprint
-from entigraph.synthesis import MANIFEST, read_corpus, require_complete
+from entigraph.corpus_folder import MANIFEST, iter_texts, read_manifest, require_complete
 from entigraph.token_data import (TokenStream, cache_key, framing, replay_block_count,
                                   sample_replay_blocks, select_budget, tokenize_once)
 
@@ -105,9 +105,10 @@ def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
     digest = hashlib.sha256((corpus_dir / MANIFEST).read_bytes()).hexdigest()
     fingerprint = tokenizer_fingerprint(tokenizer)
     key = cache_key(digest, fingerprint, framing(tokenizer))
-    return tokenize_once(lambda: [item["text"] for item in read_corpus(corpus_dir)], tokenizer,
+    return tokenize_once(lambda: iter_texts(corpus_dir), tokenizer,
                          Path(cache_root) / f"synthetic-{key}",
-                         {"corpus_manifest_sha256": digest, "tokenizer": fingerprint})
+                         {"corpus_manifest_sha256": digest, "tokenizer": fingerprint},
+                         total=read_manifest(corpus_dir)["totals"]["texts"])
 
 
 def _replay_line(line: str, path: Path, n: int) -> str:
@@ -118,15 +119,17 @@ def _replay_line(line: str, path: Path, n: int) -> str:
         raise CorpusError(f"{path}:{n}: expected a JSON object with a \"text\" field ({err})")
 
 
-def read_replay_texts(path: Path) -> list[str]:
-    """A replay corpus: JSON lines with a "text" field (RedPajama style) or plain text."""
+def read_replay_texts(path: Path) -> Iterator[str]:
+    """A replay corpus, text by text: JSON lines with a "text" field (RedPajama style) or
+    plain text."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config: data.replay_path={path} does not exist")
     if path.suffix != ".jsonl":
-        return [path.read_text()]
+        yield path.read_text()
+        return
     with open(path) as f:
-        return [_replay_line(line, path, n) for n, line in enumerate(f, 1) if line.strip()]
+        yield from (_replay_line(line, path, n) for n, line in enumerate(f, 1) if line.strip())
 
 
 def check_replay(data_cfg) -> None:
@@ -150,14 +153,21 @@ def check_replay(data_cfg) -> None:
                           f"(e.g. a RedPajama sample) or set data.mixing_ratio=0")
 
 
+def file_identity(path: Path) -> str:
+    """A file by where it is, its size and when it was last written: a cached tokenisation is
+    found without reading (or hashing) a replay corpus of many GB, and an edited file is not."""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def replay_tokens(data_cfg, tokenizer, cache_root: Path):
     path = Path(data_cfg.replay_path)
-    texts = read_replay_texts(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    identity = file_identity(path)
     fingerprint = tokenizer_fingerprint(tokenizer)
-    key = cache_key(digest, fingerprint, framing(tokenizer))
-    return tokenize_once(lambda: texts, tokenizer, Path(cache_root) / f"replay-{key}",
-                         {"sha256": digest, "tokenizer": fingerprint})
+    key = cache_key(identity, fingerprint, framing(tokenizer))
+    return tokenize_once(lambda: read_replay_texts(path), tokenizer,
+                         Path(cache_root) / f"replay-{key}",
+                         {"file": identity, "tokenizer": fingerprint})
 
 
 def _replay_stream(data_cfg, tokenizer, cache_root: Path) -> TokenStream:

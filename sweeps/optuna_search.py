@@ -144,7 +144,7 @@ def counted(study: optuna.Study) -> int:
 
 def run_worker(cfg: DictConfig) -> dict:
     """Run trials until the study holds sweep.optuna.n_trials; write the summary after each."""
-    from entigraph.synthesis import require_complete
+    from entigraph.corpus_folder import require_complete
 
     check_objective(cfg)
     space = search_space(cfg)  # every key and range checked before the storage is touched

@@ -65,19 +65,38 @@ def test_killed_generation_resumes_with_no_duplicate_and_no_missing_call(tmp_pat
         deadline = time.monotonic() + 120
         while len(stored_keys(tmp_path)) < 40 and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)  # the process, not a function
+        proc.send_signal(signal.SIGKILL)  # the process, not a function, mid group commit
         proc.wait()
-        done_before = len(stored_keys(tmp_path))
-        assert 40 <= done_before < expected
+        durable = stored_keys(tmp_path)
+        assert 40 <= len(durable) < expected
         rerun = generate(tmp_path, server, *overrides)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         keys = stored_keys(tmp_path)
         assert len(keys) == len(set(keys)) == expected
+        assert keys[:len(durable)] == durable  # every durable call kept, none made again
         # Only the calls in flight at the kill were made twice.
         assert server.requests <= expected + 8 + 1  # +1: the rerun's preflight is not a chat call
     result = manifest(tmp_path)
     assert result["status"] == "complete" and result["totals"]["calls"] == expected
     assert result["generator"]["model"] == MODEL and result["prompt_set"] == "entigraph-v2"
+
+
+def test_a_changed_sampling_setting_never_serves_stored_replies(tmp_path):
+    overrides = ("synthesis.max_entities=4", "synthesis.max_triples=2")
+    expected = 5 * (1 + 6 + 2)
+    with OpenAIServer() as server:
+        assert generate(tmp_path, server, *overrides).returncode == 0
+        made = server.requests
+        again = generate(tmp_path, server, *overrides)
+        assert again.returncode == 0 and server.requests == made  # all stored
+        hotter = generate(tmp_path, server, *overrides, "generator.temperature=0.5")
+        assert hotter.returncode == 0, hotter.stderr[-2000:]
+        assert server.requests == made + expected  # every call made anew
+        assert {body["temperature"] for body in server.received[-expected:]} == {0.5}
+    keys = stored_keys(tmp_path)
+    assert len(keys) == len(set(keys)) == 2 * expected
+    assert manifest(tmp_path)["totals"]["calls"] == expected  # this corpus's calls only
+    assert manifest(tmp_path)["generator"]["temperature"] == 0.5
 
 
 def test_malformed_extraction_fails_that_document_and_the_run_goes_on(tmp_path):

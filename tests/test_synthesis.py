@@ -9,7 +9,8 @@ from entigraph.errors import CorpusError
 from entigraph.generation import estimate, generate_corpus
 from entigraph.offline_generator import analyze_relations, extract_entities
 from entigraph.prompts import ENTIGRAPH_V1, ENTIGRAPH_V2, PROMPT_SETS
-from entigraph.synthesis import (entity_tuples, parse_extraction, read_corpus, relation_calls,
+from entigraph.corpus_folder import read_corpus
+from entigraph.synthesis import (entity_tuples, nth_combination, parse_extraction, relation_calls,
                                  round_robin)
 
 TEXT = ("The lighthouse of Port Averly stood on the northern cliffs. Mara Quell kept its lamp "
@@ -25,21 +26,33 @@ DOC2 = Document("d2", "The Orchard", "Bo Reed", 1950,
 
 def test_entity_tuples_pairs_in_order_then_capped_seeded_triples():
     ents = ["a", "b", "c", "d", "e"]
-    tuples = entity_tuples(ents, 4, random.Random(1))
+    tuples = list(entity_tuples(ents, 4, random.Random(1)))
     assert tuples[:10] == [("a", "b"), ("a", "c"), ("a", "d"), ("a", "e"), ("b", "c"),
                            ("b", "d"), ("b", "e"), ("c", "d"), ("c", "e"), ("d", "e")]
     triples = tuples[10:]
     assert len(triples) == 4 and all(len(t) == 3 for t in triples)
-    assert triples == entity_tuples(ents, 4, random.Random(1))[10:]
-    assert entity_tuples(ents, 100, random.Random(1))[10:] != entity_tuples(ents, 100, random.Random(2))[10:]
+    assert triples == list(entity_tuples(ents, 4, random.Random(1)))[10:]
+    assert list(entity_tuples(ents, 100, random.Random(1)))[10:] != \
+        list(entity_tuples(ents, 100, random.Random(2)))[10:]
+
+
+def test_triples_are_a_shuffle_of_all_of_them_without_listing_them():
+    import itertools
+
+    ents = [f"e{i}" for i in range(30)]
+    listed = list(itertools.combinations(ents, 3))
+    random.Random(5).shuffle(listed)  # the rule: a seeded shuffle of every triple, then a cap
+    assert list(entity_tuples(ents, 500, random.Random(5)))[435:] == listed[:500]
+    assert [nth_combination(ents, 3, i) for i in (0, 1, 4059)] == [
+        ("e0", "e1", "e2"), ("e0", "e1", "e3"), ("e27", "e28", "e29")]
 
 
 def test_no_triple_cap_takes_every_triple_and_a_cap_is_a_prefix_of_it():
     ents = list("abcdefg")
-    every = entity_tuples(ents, None, random.Random(3))
+    every = list(entity_tuples(ents, None, random.Random(3)))
     assert len(every) == 21 + 35 == relation_calls(7, None)
     assert sorted(every[21:]) == sorted(__import__("itertools").combinations(ents, 3))
-    assert entity_tuples(ents, 10, random.Random(3)) == every[:21 + 10]  # raising a cap adds
+    assert list(entity_tuples(ents, 10, random.Random(3))) == every[:21 + 10]  # raising a cap adds
     assert relation_calls(7, 10) == 31 and relation_calls(7, 100) == 56 and relation_calls(2, None) == 1
 
 
@@ -112,7 +125,7 @@ def test_parse_extraction_dedupes_strips_and_caps_in_order():
 
 
 def test_round_robin_interleaves_documents():
-    assert round_robin([1, 2, 3], ["a"], [10, 20]) == [1, "a", 10, 2, 20, 3]
+    assert list(round_robin([1, 2, 3], ["a"], [10, 20])) == [1, "a", 10, 2, 20, 3]
 
 
 def corpus_config(compose, tmp_path, *overrides):

@@ -159,3 +159,39 @@ def test_the_tiny_tokenizer_frames_texts_as_llama_3_does(tmp_path):
     assert (arrays.tokens[starts] == tokenizer.bos_token_id).all()
     assert (arrays.tokens[ends] == tokenizer.eos_token_id).all()
     assert tokenizer.decode(arrays.tokens[starts[1] + 1:ends[1]].tolist()) == texts[1]
+
+
+TOKENISE_SLOWLY = """
+import sys, time
+from pathlib import Path
+from entigraph.tiny_model import train_tokenizer
+from entigraph.token_data import tokenize_once
+texts = [f"text number {i} of the corpus" for i in range(60)]
+tokenizer = train_tokenizer(texts, 300)
+def slowly():
+    print("tokenising", flush=True)
+    for text in texts:
+        time.sleep(0.05)
+        yield text
+arrays = tokenize_once(slowly, tokenizer, Path(sys.argv[1]), {"source": "x"}, total=60)
+print("tokens", arrays.n_tokens, flush=True)
+"""
+
+
+def test_two_processes_that_need_one_cache_tokenise_it_once(tmp_path):
+    import subprocess
+    import sys
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", TOKENISE_SLOWLY, str(tmp_path / "cache")],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    first = start()
+    assert first.stdout.readline().strip() == "tokenising"  # it holds the lock for ~3 s now
+    second = start()
+    outputs = [first.stdout.readline() + first.communicate(timeout=120)[0],
+               second.communicate(timeout=120)[0]]
+    assert "\ntokenising" not in "\n" + outputs[1] and "waiting for it" in outputs[1]
+    tokens = {line for out in outputs for line in out.splitlines() if line.startswith("tokens")}
+    assert len(tokens) == 1 and first.returncode == second.returncode == 0
+    assert not list(tmp_path.glob("*.tmp"))
