@@ -17,8 +17,12 @@ then measures, in one run:
     synchronous `openai.OpenAI` client (the reference ran one process per document), on the same
     number of calls as the 256-in-flight run.
 
+  * rate-limited: the engine at up to 256 in flight against a server that allows a number of
+    tokens a second (a token bucket, 429 with retry-after-ms and x-ratelimit-* headers beyond,
+    as OpenAI answers): the share of the limit served and the share of requests rejected.
+
 Ends with one line: RESULT ideal_fraction_256=<steady> whole_run_fraction_256=<x>
-cpu_ms_per_request=<x> speedup_vs_per_document=<x>
+cpu_ms_per_request=<x> speedup_vs_per_document=<x> rate_limit_share=<x> rejected_share=<x>
 
     .venv/bin/python benchmarks/generation.py [--latency 1.0] [--waves 3] [--profile]
 """
@@ -95,10 +99,10 @@ class Row:
 class ServerProcess:
     """tests/openai_server.py in its own process: its CPU is not charged to the client."""
 
-    def __init__(self, latency: float):
+    def __init__(self, latency: float, *options: str):
         self.proc = subprocess.Popen(
             [sys.executable, str(SERVER), "--port", "0", "--latency", str(latency),
-             "--model", "bench-model"],
+             "--model", "bench-model", *options],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline().strip()  # "listening on http://127.0.0.1:PORT/v1"
         if not line.startswith("listening on "):
@@ -264,6 +268,48 @@ def profile_engine(base_url: str, in_flight: int, count: int, store_dir: Path) -
     print(out.getvalue())
 
 
+def rate_limited(latency: float, in_flight: int, count: int, tokens_per_s: int,
+                 minute_s: float) -> tuple[float, float, float]:
+    """The engine against a server limited to `tokens_per_s` (a bucket of a "minute" of
+    `minute_s` seconds, full at the start, 429 beyond, as OpenAI's): (the share of the limit
+    served in the steady state, over the whole run, and the share of requests answered 429).
+    The steady state is the middle of the run (from 25% to 90% of it), leaving out the start
+    (the full bucket's burst, the first request sent alone) and the drain, which an hours-long
+    generation does not have."""
+    quota = int(tokens_per_s * minute_s)
+    server = ServerProcess(latency, "--tpm", str(quota), "--minute-s", str(minute_s))
+    samples, done = [], threading.Event()
+
+    def sample() -> None:  # (time, tokens admitted so far), twice a second
+        while not done.wait(0.5):
+            samples.append((time.perf_counter(), server.stats()["admitted_tokens"]))
+
+    sampler = threading.Thread(target=sample)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            sampler.start()
+            asyncio.run(run_engine(server.base_url, in_flight, requests_for("limited", count),
+                                   Path(tmp)))
+            wall = time.perf_counter() - start
+            done.set()
+            sampler.join()
+        stats = server.stats()
+    finally:
+        done.set()
+        server.stop()
+    whole = stats["admitted_tokens"] / (quota + tokens_per_s * wall)  # all it could have had
+    (t1, a1), (t2, a2) = (min(samples, key=lambda s: abs(s[0] - start - share * wall))
+                          for share in (0.25, 0.9))
+    steady = (a2 - a1) / (tokens_per_s * (t2 - t1))
+    rejected = stats["status_counts"].get("429", 0) / stats["requests"]
+    print(f"rate-limited server ({tokens_per_s:,} tokens/s, a {quota:,}-token bucket): "
+          f"{count} requests at up to {in_flight} in flight in {wall:.1f} s; served "
+          f"{steady:.3f} of the limit in the steady state ({whole:.3f} over the whole run); "
+          f"{stats['status_counts'].get('429', 0)} of {stats['requests']} requests answered 429")
+    return steady, whole, rejected
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=1.0)
@@ -276,6 +322,11 @@ def main() -> None:
     parser.add_argument("--steady-waves", type=int, default=10,
                         help="waves for a steady-state row, ramp-up amortised (0: skip)")
     parser.add_argument("--profile", action="store_true", help="cProfile the top level too")
+    parser.add_argument("--limit-tokens-per-s", type=int, default=60000,
+                        help="the rate-limited run's quota (about 21 requests/s here)")
+    parser.add_argument("--limit-minute-s", type=float, default=10.0,
+                        help="the rate-limited server's 'minute' (its bucket refills in this)")
+    parser.add_argument("--limit-requests", type=int, default=1500)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     top = max(levels)
@@ -312,10 +363,13 @@ def main() -> None:
     reference = rows[-1]
     # The headline is the steady state: a real corpus takes hours, so the seconds of ramp-up
     # and drain that weigh on this short run (whole_run_fraction) do not.
+    served, _, rejected = rate_limited(args.latency, top, args.limit_requests,
+                                       args.limit_tokens_per_s, args.limit_minute_s)
     print(f"RESULT ideal_fraction_{top}={ours.steady_fraction:.3f} "
           f"whole_run_fraction_{top}={ours.ideal_fraction:.3f} "
           f"cpu_ms_per_request={ours.cpu_ms:.2f} "
-          f"speedup_vs_per_document={ours.rps / reference.rps:.1f}")
+          f"speedup_vs_per_document={ours.rps / reference.rps:.1f} "
+          f"rate_limit_share={served:.3f} rejected_share={rejected:.4f}")
 
 
 if __name__ == "__main__":

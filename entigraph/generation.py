@@ -92,6 +92,7 @@ async def _synthesize(docs: list[Document], cfg) -> dict:
         if hasattr(backend, "preflight"):
             await backend.preflight()
         with CallStore(out / CALLS) as store:
+            _remove_torn_writes(out)  # the store's lock is ours: no other writer is at work
             if gen.backend == "batch" and ingest_batch_results(store, gen.batch_results) \
                     and structured == "json_schema":
                 structured = "json_object"
@@ -109,6 +110,14 @@ async def _synthesize(docs: list[Document], cfg) -> dict:
     finally:
         if backend is not None:
             await backend.aclose()
+
+
+def _remove_torn_writes(out: Path) -> None:
+    """Temporary files of a corpus or manifest write that was killed (records.write_atomic
+    names them .<name>.<random>.tmp); the finished files are whole or absent."""
+    for name in (CORPUS, MANIFEST):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _write_batch(calls, model: str, structured_output: str, out: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import os
 import random
@@ -24,6 +25,7 @@ import openai
 from entigraph.errors import EntigraphError
 from entigraph.llm import (ChatRequest, ChatResult, GeneratorError, chat_body,
                            rejects_response_format, resolve_structured_output)
+from entigraph.rate_limits import AdaptiveConcurrency
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,8 @@ class OpenAIBackend:
         self.transport = transport  # "aiohttp" (falls back to httpx if missing) or "httpx"
         self._key = resolve_api_key(self.api_key_env, self.base_url)
         self._client = self._make_client(int(generator_cfg.max_in_flight))
+        # Requests in flight: up to max_in_flight, fewer while the server's rate limits say so.
+        self.concurrency = AdaptiveConcurrency(int(generator_cfg.max_in_flight))
 
     def __repr__(self) -> str:  # never the key
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -257,13 +261,20 @@ class OpenAIBackend:
         while True:
             kwargs = self._create_kwargs(request)
             try:
-                # post() with cast_to=object: the official client's HTTP layer and error
-                # mapping, without validating the body against every message type and building
-                # response models (about half of its CPU per request, measured).
-                completion = await self._client.post("/chat/completions", body=kwargs,
-                                                     cast_to=object)
-                return self._result(completion, request)
+                async with self.concurrency.slot() as ticket:
+                    # post() for the raw response: the official client's HTTP layer and error
+                    # mapping, without validating the body against every message type and
+                    # building response models (about half of its CPU per request, measured),
+                    # and with the headers, whose quota figures pace the requests.
+                    response = await self._client.post("/chat/completions", body=kwargs,
+                                                       cast_to=httpx2.Response)
+                    result = self._result(json.loads(await response.aread()), request)
+                    self.concurrency.succeeded(ticket, result.input_tokens + result.output_tokens,
+                                               response.headers)
+                return result
             except (openai.APIConnectionError, openai.APIStatusError) as exc:
+                if status_of(exc) == 429:
+                    self.concurrency.rejected(ticket, exc.response.headers)
                 if self._schema_refused(kwargs, exc):
                     continue  # at once, in JSON mode; not a retry
                 if not is_retryable(exc) or attempt >= self.max_retries:

@@ -100,6 +100,50 @@ def error_body(status: int, message: str) -> dict:
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
+class RateLimit:
+    """OpenAI-style quotas: requests and tokens a minute, each a bucket that refills
+    continuously and starts full. A request the buckets cannot cover (its prompt and completion
+    tokens, counted at admission) is answered 429 with retry-after-ms; every answer carries the
+    x-ratelimit-* headers OpenAI sends. `minute_s` shortens the minute for tests."""
+
+    def __init__(self, requests: Optional[int] = None, tokens: Optional[int] = None,
+                 minute_s: float = 60.0):
+        self.limits = {k: v for k, v in (("requests", requests), ("tokens", tokens)) if v}
+        self.minute_s = minute_s
+        self.levels = {kind: float(limit) for kind, limit in self.limits.items()}
+        self.admitted_tokens = 0
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        for kind, limit in self.limits.items():
+            rate = limit / self.minute_s
+            self.levels[kind] = min(limit, self.levels[kind] + rate * (now - self._at))
+        self._at = now
+
+    def admit(self, tokens: int) -> tuple[bool, dict[str, str]]:
+        """Whether a request of `tokens` is admitted (then charged), and the headers to send."""
+        self._refill()
+        cost = {"requests": 1, "tokens": tokens}
+        short = {kind: cost[kind] - level for kind, level in self.levels.items()
+                 if level < cost[kind]}
+        if not short:
+            for kind in self.levels:
+                self.levels[kind] -= cost[kind]
+            self.admitted_tokens += tokens
+        headers = {}
+        for kind, limit in self.limits.items():
+            rate = limit / self.minute_s
+            headers.update({f"x-ratelimit-limit-{kind}": str(limit),
+                            f"x-ratelimit-remaining-{kind}": str(int(self.levels[kind])),
+                            f"x-ratelimit-reset-{kind}":
+                                f"{(limit - self.levels[kind]) / rate:.3f}s"})
+        if short:
+            wait = max(need / (self.limits[kind] / self.minute_s) for kind, need in short.items())
+            headers["retry-after-ms"] = str(int(wait * 1000) + 1)
+        return not short, headers
+
+
 class Stats:
     """Counters shared between the server's loop thread and the test thread (hence the lock)."""
 
@@ -147,7 +191,7 @@ class OpenAIServer:
                  retry_after: Optional[float] = None, hook: Optional[Hook] = None,
                  responder: Responder = default_responder, usage: bool = True,
                  api_key: Optional[str] = None, model: str = "test-model", port: int = 0,
-                 max_recorded: int = 10000):
+                 max_recorded: int = 10000, rate_limit: Optional[RateLimit] = None):
         self.latency = latency
         self.fail_first = fail_first
         self.fail_first_status = fail_first_status
@@ -160,6 +204,7 @@ class OpenAIServer:
         self.api_key = api_key  # None: any key (or none) is accepted
         self.model = model
         self.port = port
+        self.rate_limit = rate_limit  # quotas a minute, enforced with 429s as OpenAI does
         self.stats = Stats(max_recorded)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -215,7 +260,8 @@ class OpenAIServer:
             {"id": self.model, "object": "model", "created": 0, "owned_by": "tests"}]})
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(self.stats.snapshot())
+        admitted = {"admitted_tokens": self.rate_limit.admitted_tokens} if self.rate_limit else {}
+        return web.json_response({**self.stats.snapshot(), **admitted})
 
     async def _reset(self, request: web.Request) -> web.Response:
         self.stats.reset()
@@ -258,9 +304,16 @@ class OpenAIServer:
         if fault is not None and fault.status is not None:
             return web.json_response(error_body(fault.status, fault.message),
                                      status=fault.status, headers=fault.headers)
+        completion, headers = self._completion(n, body), {}
+        if self.rate_limit is not None:
+            usage = completion.get("usage") or {}
+            admitted, headers = self.rate_limit.admit(usage.get("total_tokens", 0))
+            if not admitted:
+                return web.json_response(error_body(429, "Rate limit reached"), status=429,
+                                         headers=headers)
         if self.latency:
             await asyncio.sleep(self.latency)
-        return web.json_response(self._completion(n, body))
+        return web.json_response(completion, headers=headers)
 
     def _completion(self, n: int, body: dict) -> dict:
         text = self.responder(body)
@@ -353,11 +406,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--api-key", default=None, help="require this bearer key")
     parser.add_argument("--model", default="test-model")
     parser.add_argument("--no-usage", action="store_true", help="omit usage from replies")
+    parser.add_argument("--rpm", type=int, default=None, help="requests a minute (429 beyond)")
+    parser.add_argument("--tpm", type=int, default=None, help="tokens a minute (429 beyond)")
+    parser.add_argument("--minute-s", type=float, default=60.0, help="a shorter minute")
     args = parser.parse_args(argv)
+    limit = (RateLimit(args.rpm, args.tpm, args.minute_s) if args.rpm or args.tpm else None)
     server = OpenAIServer(latency=args.latency, fail_first=args.fail_first,
                           fail_every=args.fail_every, retry_after=args.retry_after,
                           api_key=args.api_key, model=args.model, port=args.port,
-                          usage=not args.no_usage)
+                          usage=not args.no_usage, rate_limit=limit)
     asyncio.run(serve_forever(server))
 
 

@@ -427,3 +427,46 @@ def test_server_runs_standalone_as_a_script():
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert '"requests": 2' in err and '"429": 1' in err  # its counters, printed on exit
+
+
+def test_quota_reset_durations_parse_as_openai_writes_them():
+    from entigraph.rate_limits import duration_s
+
+    assert duration_s("20ms") == pytest.approx(0.02) and duration_s("1.5s") == 1.5
+    assert duration_s("6m0s") == 360 and duration_s("1h2m3s") == 3723
+    assert duration_s(None) is None and duration_s("soon") is None and duration_s("3x") is None
+
+
+def test_the_window_narrows_once_per_burst_of_429s_and_widens_on_success():
+    from entigraph.rate_limits import AdaptiveConcurrency, Ticket
+
+    gate = AdaptiveConcurrency(64)
+    ticket = Ticket(0, time.monotonic())
+    gate.succeeded(ticket, 100, {})
+    gate.latency_s = 60.0  # a burst of 429s within one latency is one signal
+    for _ in range(5):
+        gate.rejected(ticket, {})
+    assert gate.window == pytest.approx(64 * 0.7)
+    before = gate.window
+    for _ in range(int(before)):  # a window's worth of successes: about one more
+        gate.succeeded(ticket, 100, {})
+    assert gate.window == pytest.approx(before + 1, abs=0.1)
+
+
+@pytest.mark.slow
+def test_a_rate_limited_server_is_used_to_its_limit_with_few_429s():
+    """OpenAI-style quotas (a token bucket with x-ratelimit-* headers, 429 with retry-after-ms
+    beyond); 64 workers, far more than the quota allows."""
+    from openai_server import RateLimit
+
+    limit = RateLimit(tokens=4000, minute_s=2.0)  # 2,000 tokens/s; requests of ~40 tokens
+    with OpenAIServer(latency=0.05, rate_limit=limit) as server:
+        started = time.monotonic()
+        results = call(gen_cfg(server.base_url, max_retries=20),
+                       *[request(f"Alice met Bob in Paris, call {i}.", key=f"k{i}")
+                         for i in range(600)])
+        wall = time.monotonic() - started
+        assert not [r for r in results if isinstance(r, Exception)]
+        possible = 4000 + 2000 * wall
+        assert limit.admitted_tokens / possible > 0.9
+        assert server.status_counts[429] / server.requests < 0.02, server.status_counts

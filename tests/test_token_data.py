@@ -195,3 +195,15 @@ def test_two_processes_that_need_one_cache_tokenise_it_once(tmp_path):
     tokens = {line for out in outputs for line in out.splitlines() if line.startswith("tokens")}
     assert len(tokens) == 1 and first.returncode == second.returncode == 0
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_fast_tokenizer_fills_the_token_file_as_tokenizer_calls_would(tmp_path):
+    from entigraph.tiny_model import train_tokenizer
+
+    texts = [f"text {i}: {'lorem ipsum ' * (i % 7)}dolor" for i in range(1100)]  # 3 batches
+    tokenizer = train_tokenizer(texts, 300)
+    arrays = tokenize_once(lambda: iter(texts), tokenizer, tmp_path / "cache", {"source": "t"})
+    expected = [[tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+                for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    assert arrays.tokens.tolist() == [t for ids in expected for t in ids]
+    assert np.diff(arrays.offsets).tolist() == [len(ids) for ids in expected]
