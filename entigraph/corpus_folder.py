@@ -7,6 +7,7 @@ module alone, so it never depends on how the corpus was made.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Iterator
@@ -21,6 +22,12 @@ CALLS = "calls.jsonl"
 def read_manifest(corpus_dir: Path) -> dict | None:
     path = Path(corpus_dir) / MANIFEST
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def manifest_digest(corpus_dir: Path) -> str | None:
+    """What identifies a corpus: the sha256 of its manifest (None while it has none)."""
+    path = Path(corpus_dir) / MANIFEST
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 def require_complete(corpus_dir: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from entigraph.corpus_folder import manifest_digest
 from entigraph.errors import ConfigError
 from entigraph.records import CONFIG, is_main_process, read_record
 
@@ -43,9 +44,11 @@ def run_key(config: dict) -> dict:
 
 
 def config_hash(config: dict) -> str:
-    """A short hash of a resolved config's run key: in the run folder's name, so runs that
-    differ in anything that changes a result never share a folder."""
-    text = json.dumps(run_key(config), sort_keys=True, default=str)
+    """A short hash of a resolved config's run key and of the corpus it trains on (its
+    manifest's digest, once it exists): in the run folder's name, so runs that differ in
+    anything that changes a result, a regenerated corpus included, never share a folder."""
+    corpus = manifest_digest(config["data"]["corpus_dir"]) if "data" in config else None
+    text = json.dumps([run_key(config), corpus], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
 
@@ -78,6 +81,11 @@ def completed_record(cfg: DictConfig) -> Optional[dict]:
         key = _first_difference(run_key(saved), wanted)
         raise ConfigError(f"{cfg.run_dir} holds a completed run of another config (it differs at "
                           f"{key}); remove that folder or set run_name to a new name")
+    trained_on = record.get("derived", {}).get("corpus_manifest_sha256")
+    if trained_on and trained_on != manifest_digest(cfg.data.corpus_dir):
+        raise ConfigError(f"{cfg.run_dir} holds a completed run on an earlier version of the "
+                          f"corpus at {cfg.data.corpus_dir} (regenerated since); remove that "
+                          f"folder or set run_name to a new name")
     return record
 
 

@@ -16,7 +16,6 @@ Meaning of the sweep axes (also in the README):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 
 from entigraph.errors import ConfigError, CorpusError
 from entigraph.models import tokenizer_fingerprint
-from entigraph.corpus_folder import MANIFEST, iter_texts, read_manifest, require_complete
+from entigraph.corpus_folder import iter_texts, manifest_digest, read_manifest, require_complete
 from entigraph.token_data import (TokenStream, cache_key, framing, replay_block_count,
                                   sample_replay_blocks, select_budget, tokenize_once)
 
@@ -102,7 +101,7 @@ class TrainingBlocks:
 def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
     corpus_dir = Path(data_cfg.corpus_dir)
     require_complete(corpus_dir)
-    digest = hashlib.sha256((corpus_dir / MANIFEST).read_bytes()).hexdigest()
+    digest = manifest_digest(corpus_dir)
     fingerprint = tokenizer_fingerprint(tokenizer)
     key = cache_key(digest, fingerprint, framing(tokenizer))
     return tokenize_once(lambda: iter_texts(corpus_dir), tokenizer,
@@ -194,6 +193,7 @@ def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epoc
     added = sample_replay_blocks(replay, bs, n_added, seed) if n_added else np.zeros(0, np.int64)
     data = TrainingBlocks(stream, replay, bs, n_syn, added, ratio if replace else 0.0, seed)
     data.derived = {
+        "corpus_manifest_sha256": manifest_digest(data_cfg.corpus_dir),
         "corpus_tokens_available": syn.n_tokens,
         "synthetic_tokens_selected": len(stream),
         "synthetic_blocks": n_syn,  # the budget in full blocks: the tail under one is dropped

@@ -104,3 +104,27 @@ def test_a_kill_during_evaluation_evaluates_again_without_training_again(generat
     assert [a["outcome"] for a in record["attempts"]] == ["interrupted", "completed"]
     assert record["wandb_run_id"] == killed["wandb_run_id"] is not None
     assert not (run_dir / "checkpoint").exists()
+
+
+def test_a_regenerated_corpus_is_another_run(tmp_path):
+    """The corpus is identified by its manifest: regenerated (same folder, other texts), its
+    runs get folders of their own, and a completed run on the old texts is never reused."""
+    def train_smoke(*extra):
+        return entigraph("train", f"paths.root={tmp_path}", "experiment=smoke",
+                         "trainer.checkpoint_every=0", "eval.after_training=false",
+                         "tracker.mode=disabled", *extra, cwd=tmp_path)
+
+    assert entigraph("generate", f"paths.root={tmp_path}", cwd=tmp_path).returncode == 0
+    first = train_smoke()
+    assert first.returncode == 0, first.stderr[-2000:]
+    (old_run,) = [p.parent for p in tmp_path.rglob("record.json")]
+    regenerated = entigraph("generate", f"paths.root={tmp_path}", "synthesis.max_triples=3",
+                            cwd=tmp_path)
+    assert regenerated.returncode == 0, regenerated.stderr[-2000:]
+    second = train_smoke()
+    assert second.returncode == 0 and "already completed" not in second.stdout
+    runs = {p.parent for p in tmp_path.rglob("record.json")}
+    assert len(runs) == 2 and old_run in runs
+    assert old_run.name.rsplit("-", 1)[0] == (runs - {old_run}).pop().name.rsplit("-", 1)[0]
+    named = train_smoke(f"run_dir={old_run}")
+    assert named.returncode == 2 and "earlier version of the corpus" in named.stderr
