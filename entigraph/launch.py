@@ -25,6 +25,7 @@ from entigraph.errors import ConfigError, EntigraphError
 from entigraph.records import read_record
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: the signal a process gets when its parent dies
+ACCELERATE = "--accelerate"  # `python -m entigraph.launch --accelerate ...`: the launcher
 
 
 def launches(cfg: DictConfig) -> bool:
@@ -43,12 +44,19 @@ def accelerate_arguments(launch) -> list[str]:
     return ["--multi_gpu", *common, "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the launching process dies (Linux)."""
+def accelerate_launch(arguments: list[str]) -> None:
+    """`accelerate launch <arguments>` in this process, which gets SIGTERM when the process
+    that started it dies (Linux; the launcher then stops its workers). Set here, after exec,
+    not in a preexec_fn: forking a process with threads (an Optuna heartbeat) and running code
+    before exec can deadlock."""
+    from accelerate.commands.launch import main as launch_main
+
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):  # not Linux: the launcher's own signal handling only
         pass
+    sys.argv = ["accelerate launch", *arguments]
+    launch_main()
 
 
 def check_devices(launch) -> None:
@@ -71,10 +79,10 @@ def train_launched(cfg: DictConfig, on_eval: Optional[Callable[[int, float], Non
         spec = Path(folder) / "run.pkl"
         spec.write_bytes(pickle.dumps({"config": OmegaConf.to_container(cfg, resolve=True),
                                        "on_eval": on_eval}))
-        command = [sys.executable, "-m", "accelerate.commands.launch",
+        command = [sys.executable, "-m", "entigraph.launch", ACCELERATE,
                    *accelerate_arguments(launch), "-m", "entigraph.launch", str(spec)]
         print(f"{cfg.run_dir}: training on {launch.processes} processes", flush=True)
-        code = subprocess.run(command, preexec_fn=_die_with_parent).returncode
+        code = subprocess.run(command).returncode
     record = read_record(cfg.run_dir) or {}
     if code == 0 and record.get("status") in ("completed", "pruned"):
         return record
@@ -103,4 +111,7 @@ def main(spec_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == ACCELERATE:
+        accelerate_launch(sys.argv[2:])
+    else:
+        main(sys.argv[1])
