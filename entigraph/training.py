@@ -126,6 +126,9 @@ def _save_checkpoint(accelerator, run_dir: Path, step: int, seen: dict, loss: fl
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    # Every rank writes into tmp (its RNG state, its FSDP shard) and save_state does not wait
+    # for the others: tmp is swapped in only once all have written.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / "trainer_state.json",
                           {"step": step, "seen": seen, "loss": loss,

@@ -141,7 +141,9 @@ def test_an_optuna_trial_on_two_processes_is_pruned_by_its_study(generated_root,
          "sweep.optuna.startup_trials=1", "trainer.micro_batch_size=4", TWO],
         cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    first, second = study(journal, "p").get_trials()
+    trials = study(journal, "p").get_trials()
+    assert len(trials) == 2, ([(t.number, t.state, t.params) for t in trials], out.stdout[-4000:])
+    first, second = trials
     assert first.state == TrialState.COMPLETE and second.state == TrialState.PRUNED
     assert sorted(first.intermediate_values) == [2, 4, 6, 8]
     assert list(second.intermediate_values) == [2]
