@@ -19,12 +19,16 @@ import yaml
 from entigraph.errors import EntigraphError
 from entigraph.records import CONFIG, RECORD, write_atomic
 
+# unique_tokens and repeats: distinct corpus tokens in the budget, and how often they were
+# repeated to fill it (data.repeat; Raw CPT at matched tokens).
 COLUMNS = ["run", "group", "synthetic_tokens", "accuracy", "n_questions", "n_scored",
-           "mixing_ratio", "lr", "seed", "corpus", "method", "model", "protocol", "eval_split",
-           "mixing_mode", "epochs", "accuracy_hard", "accuracy_nonhard", "parse_rate", "steps",
-           "source", "input"]
-INTEGER = {"synthetic_tokens", "n_questions", "n_scored", "seed", "epochs", "steps"}
-FLOAT = {"accuracy", "mixing_ratio", "lr", "accuracy_hard", "accuracy_nonhard", "parse_rate"}
+           "mixing_ratio", "lr", "seed", "corpus", "method", "prompt_set", "generator", "model",
+           "protocol", "eval_split", "mixing_mode", "epochs", "unique_tokens", "repeats",
+           "accuracy_hard", "accuracy_nonhard", "parse_rate", "steps", "source", "input"]
+INTEGER = {"synthetic_tokens", "n_questions", "n_scored", "seed", "epochs", "steps",
+           "unique_tokens"}
+FLOAT = {"accuracy", "mixing_ratio", "lr", "repeats", "accuracy_hard", "accuracy_nonhard",
+         "parse_rate"}
 # input: the entry of `input=` a row came from (kept in the cached table, so a combined analysis
 # regenerates from it). Runs of one input that differ in any of COMPATIBLE measure different
 # things and do not share one curve; rows of different inputs are checked and sliced apart.
@@ -49,25 +53,50 @@ def headline_protocol(config: dict) -> str:
     return (ev.get("protocols") or [ev.get("protocol") or "mc"])[0]
 
 
-def config_row(run: str, config: dict, metrics: dict, derived: dict, source: str) -> dict:
+def protocol_metrics(metrics: dict, protocol: str, headline: str) -> dict | None:
+    """`protocol`'s metrics under the headline names (accuracy, parse_rate, n_scored, split,
+    ...), or None when the run has no accuracy by it. Its own `<protocol>_*` keys come first:
+    `entigraph eval run=` updates those and never the headline's. The headline keys stand in
+    for the headline protocol where a record or a trial has no own keys; the question count is
+    the run's unless an evaluation of its own counted it."""
+    own = {k[len(protocol) + 1:]: v for k, v in metrics.items() if k.startswith(f"{protocol}_")}
+    if "accuracy" not in own:
+        if protocol != headline or "accuracy" not in metrics:
+            return None
+        own = metrics
+    return {"n_questions": metrics.get("n_questions"), **own}
+
+
+def config_row(run: str, config: dict, metrics: dict, derived: dict, source: str,
+               protocol: str | None = None) -> dict | None:
     """A row from a run's resolved config, final metrics and derived quantities: the same for
-    a run folder's record and a W&B run's config and summary."""
+    a run folder's record and a W&B run's config and summary. The accuracy is `protocol`'s
+    (None: the run's headline protocol's); None when the run has none by that protocol."""
+    headline = headline_protocol(config)
+    measured = protocol_metrics(metrics, protocol or headline, headline)
+    if measured is None:
+        return None
     data, optim = config.get("data") or {}, config.get("optim") or {}
-    model = config.get("model") or {}
+    model, ev = config.get("model") or {}, config.get("eval") or {}
+    synthesis = config.get("synthesis") or {}
     return {
         "run": run, "group": f"mix{data.get('mixing_ratio')}_lr{optim.get('lr')}",
         "synthetic_tokens": derived.get("synthetic_tokens_selected"),
-        "accuracy": metrics.get("accuracy"), "n_questions": metrics.get("n_questions"),
-        "n_scored": metrics.get("n_scored"),
+        "accuracy": measured.get("accuracy"), "n_questions": measured.get("n_questions"),
+        "n_scored": measured.get("n_scored"),
         "mixing_ratio": data.get("mixing_ratio"), "lr": optim.get("lr"), "seed": config.get("seed"),
         "corpus": (config.get("corpus") or {}).get("name"),
-        "method": (config.get("synthesis") or {}).get("method"),
+        "method": synthesis.get("method"), "prompt_set": synthesis.get("prompt_set"),
+        "generator": (config.get("generator") or {}).get("model"),
         "model": model.get("pretrained") or model.get("name"),
-        "protocol": headline_protocol(config), "eval_split": (config.get("eval") or {}).get("split"),
+        # The split of a later evaluation (eval run=) when the protocol had one, else the run's.
+        "protocol": protocol or headline, "eval_split": measured.get("split") or ev.get("split"),
         "mixing_mode": data.get("mixing_mode"), "epochs": (config.get("trainer") or {}).get("epochs"),
-        "accuracy_hard": metrics.get("accuracy_hard"),
-        "accuracy_nonhard": metrics.get("accuracy_nonhard"),
-        "parse_rate": metrics.get("parse_rate"), "steps": derived.get("steps"), "source": source,
+        "unique_tokens": derived.get("synthetic_tokens_unique"),
+        "repeats": derived.get("synthetic_repeats"),
+        "accuracy_hard": measured.get("accuracy_hard"),
+        "accuracy_nonhard": measured.get("accuracy_nonhard"),
+        "parse_rate": measured.get("parse_rate"), "steps": derived.get("steps"), "source": source,
     }
 
 
@@ -79,19 +108,20 @@ def record_paths(source: str) -> list[Path]:
     return sorted(Path(p) / RECORD for p in glob.glob(source) if (Path(p) / RECORD).exists())
 
 
-def run_row(run_dir: Path) -> dict | None:
-    """The row of a completed, evaluated training run; None for anything else."""
+def run_row(run_dir: Path, protocol: str | None = None) -> dict | None:
+    """The row of a completed training run evaluated by `protocol` (None: its headline one);
+    None for anything else."""
     record = json.loads((Path(run_dir) / RECORD).read_text())
-    if record.get("job_type") != "train" or record["status"] != "completed" \
-            or "accuracy" not in record["metrics"]:
+    if record.get("job_type") != "train" or record["status"] != "completed":
         return None
     config = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
-    return config_row(str(run_dir), config, record["metrics"], record["derived"], "run folder")
+    return config_row(str(run_dir), config, record["metrics"], record["derived"], "run folder",
+                      protocol)
 
 
 def run_questions(run_dir: Path, protocol: str) -> dict[str, bool] | None:
-    """question id -> correct for the headline protocol's lines (a line without a protocol is
-    from the multiple-choice protocol); None when the run has no per-question records."""
+    """question id -> correct for `protocol`'s lines (a line without a protocol is from the
+    multiple-choice protocol); None when the run has no per-question records of it."""
     path = Path(run_dir) / "questions.jsonl"
     if not path.exists():
         return None
@@ -102,9 +132,10 @@ def run_questions(run_dir: Path, protocol: str) -> dict[str, bool] | None:
     return picked or None
 
 
-def add_run(results: Results, run_dir: Path) -> None:
-    """Add a run folder's row and its per-question outcomes (nothing for an unfinished run)."""
-    row = run_row(run_dir)
+def add_run(results: Results, run_dir: Path, protocol: str | None = None) -> None:
+    """Add a run folder's row and its per-question outcomes by `protocol` (None: the run's
+    headline protocol); nothing for an unfinished run or one not evaluated by `protocol`."""
+    row = run_row(run_dir, protocol)
     if row is None:
         return
     results.rows.append(row)
@@ -113,10 +144,10 @@ def add_run(results: Results, run_dir: Path) -> None:
         results.questions[row["run"]] = questions
 
 
-def read_runs(source: str) -> Results:
+def read_runs(source: str, protocol: str | None = None) -> Results:
     results = Results([])
     for path in record_paths(source):
-        add_run(results, path.parent)
+        add_run(results, path.parent, protocol)
     return results
 
 
@@ -169,9 +200,11 @@ def select(results: Results, where: dict) -> Results:
                           if r["run"] in results.questions})
 
 
-def check(rows: list[dict], source: str) -> None:
-    """Refuse rows that cannot be fitted (missing, NaN or out-of-range values) and tables that
-    mix runs measuring different things; each message names the run or the column."""
+def check(rows: list[dict], source: str, slice_of=None, agree: tuple = COMPATIBLE,
+          sliced: tuple = ()) -> None:
+    """Refuse rows that cannot be fitted (missing, NaN or out-of-range values), and slices
+    (`slice_of(row)` names a row's) whose runs measured different things: they must agree on
+    every column of `agree`. Each message names the run or the column, and the fix."""
     if not rows:
         raise EntigraphError(f"input={source}: no completed, evaluated training runs found")
     for row in rows:
@@ -186,15 +219,25 @@ def check(rows: list[dict], source: str) -> None:
         if row["synthetic_tokens"] <= 0:
             raise EntigraphError(f"run {row['run']}: synthetic_tokens {row['synthetic_tokens']} "
                                  f"must be positive")
-    for column in COMPATIBLE:
+    parts: dict = {}
+    for row in rows:
+        parts.setdefault(slice_of(row) if slice_of else "", []).append(row)
+    for name, part in parts.items():
+        _check_agree(part, f"input={source}" + (f", slice {name}," if sliced else ""), agree, sliced)
+
+
+def _check_agree(rows: list[dict], where: str, agree: tuple, sliced: tuple) -> None:
+    for column in agree:
         counts: dict = {}
         for row in rows:
             counts[row.get(column)] = counts.get(row.get(column), 0) + 1
         if len(counts) > 1:
             common = sorted(counts.items(), key=lambda kv: -kv[1])  # most runs first
             seen = ", ".join(f"{v} ({n} runs)" for v, n in common)
-            raise EntigraphError(f"input={source} mixes incompatible runs: {column} differs ({seen}); "
-                                 f"analyse one at a time, e.g. +where.{column}={common[0][0]}")
+            raise EntigraphError(
+                f"{where} mixes incompatible runs: {column} differs ({seen}); analyse one at a "
+                f"time, e.g. +where.{column}={common[0][0]}, or draw a curve for each: "
+                f"slice_by=[{','.join([*sliced, column])}]")
 
 
 def write_tables(results: Results, output_dir: Path) -> dict[str, Path]:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from entigraph.analysis.bootstrap import (
     Bootstrap, bootstrap, percentiles, questions_resampler, runs_resampler, runs_scheme)
+from entigraph.analysis.collect import COMPATIBLE
 from entigraph.analysis.families import family
 from entigraph.analysis.fit import Fit, Points, fit, heldout, starts, tokens_to_reach
+from entigraph.config import SLICINGS
 from entigraph.errors import EntigraphError
 
 
@@ -22,15 +24,54 @@ class SliceFit:
     points: Points
     fits: dict[str, Fit]
     bands: dict[str, Bootstrap]  # per family, the bootstrap behind bands and predictions
-    next_tokens: int
+    next_tokens: Optional[int]  # None: a single budget, no grid step to extrapolate to
     summary: dict  # what fit.json says about the slice
+    input: str = ""  # the source of its rows (`input=`), "" for a single source
+    label: str = ""  # the slice without its source: slices of one label share a colour
+    # Per-question outcomes shared by every run of the slice: (question ids, runs x questions).
+    answers: Optional[tuple[list, np.ndarray]] = None
+    budget_draws: Optional[np.ndarray] = None  # bootstrap draws of the budget means (draws, budgets)
 
 
-def slices(rows: list[dict], how: str) -> dict[str, list[dict]]:
-    """group: one curve per (mixing ratio, LR); envelope: per mixing ratio, at each budget the
+# Slicing by columns also holds the recipe's sweep axes and the corpus's making fixed within a
+# slice (besides collect.COMPATIBLE, what every run measured), unless sliced by them.
+RECIPE = ("mixing_ratio", "lr", "prompt_set", "generator")
+
+
+def slice_key(how) -> Callable[[dict], str]:
+    """The slice a row belongs to. group: its (mixing ratio, LR); envelope: its mixing ratio
+    (the best LR is picked per budget later); none: one slice; a list of columns: their values,
+    named `column=value, ...`."""
+    if how == "none":
+        return lambda r: "all"
+    if how == "group":
+        return lambda r: r["group"]
+    if how == "envelope":
+        return lambda r: (r["group"] if r.get("mixing_ratio") is None
+                          else f"mix{r['mixing_ratio']}_bestlr")
+    columns = sliced_columns(how)
+    return lambda r: ", ".join(f"{c}={r.get(c)}" for c in columns)
+
+
+def sliced_columns(how) -> tuple[str, ...]:
+    """The columns of slice_by: a list of them, or one column's name (none for group,
+    envelope and none)."""
+    if isinstance(how, str):
+        return () if how in SLICINGS else (how,)
+    return tuple(how)
+
+
+def must_agree(how) -> tuple[str, ...]:
+    """Columns every run of one slice must share (messages name the first that differs)."""
+    recipe = () if how in SLICINGS else RECIPE
+    return tuple(c for c in (*COMPATIBLE, *recipe) if c not in sliced_columns(how))
+
+
+def slices(rows: list[dict], how) -> dict[str, list[dict]]:
+    """The curves to fit: rows grouped by `slice_key`; with `envelope`, at each budget only the
     runs of the LR with the best mean accuracy there (the max over LRs favours noise upwards a
-    little: an optimistic envelope); none: every row on one curve. Rows of several inputs are
-    sliced input by input, each slice named `<input>: <slice>`."""
+    little: an optimistic envelope). Rows of several inputs are sliced input by input, each
+    slice named `<input>: <slice>`."""
     by_input = _by(rows, lambda r: r.get("input") or "")
     if len(by_input) > 1:
         return {f"{label}: {name}": part for label, some in by_input.items()
@@ -38,16 +79,13 @@ def slices(rows: list[dict], how: str) -> dict[str, list[dict]]:
     return _slices(rows, how)
 
 
-def _slices(rows: list[dict], how: str) -> dict[str, list[dict]]:
-    if how == "none":
-        return {"all": rows}
-    if how == "group":
-        return _by(rows, lambda r: r["group"])
-    by_ratio = _by(rows, lambda r: r["group"] if r.get("mixing_ratio") is None
-                   else f"mix{r['mixing_ratio']}_bestlr")
+def _slices(rows: list[dict], how) -> dict[str, list[dict]]:
+    parts = _by(rows, slice_key(how))
+    if how != "envelope":
+        return parts
     return {name: [r for budget in _by(part, lambda r: r["synthetic_tokens"]).values()
                    for r in _best_lr(budget)]
-            for name, part in by_ratio.items()}
+            for name, part in parts.items()}
 
 
 def _by(rows: list[dict], key) -> dict:
@@ -73,15 +111,16 @@ def points_of(rows: list[dict]) -> Points:
                   None if None in n else np.array(n, dtype=float))
 
 
-def question_matrix(rows: list[dict], questions: dict) -> tuple[Optional[np.ndarray], str]:
-    """(runs, questions) outcomes over the question set every run shares, or None and why."""
+def question_matrix(rows: list[dict], questions: dict) -> tuple[Optional[tuple], str]:
+    """(question ids, runs x questions outcomes) over the question set every run shares, or
+    None and why."""
     answers = [questions.get(r["run"]) for r in rows]
     if None in answers:
         return None, "not every run has per-question records"
     ids = sorted(answers[0])
     if any(sorted(a) != ids for a in answers):
         return None, "the runs answered different question sets"
-    return np.array([[a[q] for q in ids] for a in answers], dtype=float), "paired"
+    return (ids, np.array([[a[q] for q in ids] for a in answers], dtype=float)), "paired"
 
 
 def choose_method(method: str, points: Points, name: str) -> str:
@@ -93,20 +132,54 @@ def choose_method(method: str, points: Points, name: str) -> str:
     return method
 
 
-def next_budget(points: Points, predict_tokens: Optional[int]) -> int:
-    """The budget to predict: the one given, else the next step of the sweep's geometric grid."""
+def next_budget(points: Points, predict_tokens: Optional[int]) -> Optional[int]:
+    """The budget to predict: the one given, else the next step of the sweep's geometric grid
+    (none for a single budget)."""
     if predict_tokens:
         return int(predict_tokens)
     xs = np.unique(points.x)
-    return int(round(10 ** (2 * xs[-1] - xs[-2])))
+    return int(round(10 ** (2 * xs[-1] - xs[-2]))) if len(xs) > 1 else None
+
+
+def budget_means(points: Points) -> np.ndarray:
+    """Mean accuracy over the runs at each budget, in increasing budget order."""
+    return np.array([points.y[points.x == x].mean() for x in np.unique(points.x)])
+
+
+def budget_resampler(points: Points, by_questions) -> tuple[str, Callable] | None:
+    """How a budget's mean accuracy is redrawn for its interval: over questions (paired, or
+    binomial), else over the runs at each budget when every budget has several; else none."""
+    if by_questions:
+        return by_questions
+    if points.budgets < len(points.x) and all((points.x == x).sum() > 1 for x in np.unique(points.x)):
+        def runs(rng):
+            at = [points.x == x for x in np.unique(points.x)]
+            return Points(np.concatenate([points.x[m] for m in at]),
+                          np.concatenate([rng.choice(points.y[m], m.sum()) for m in at]), None)
+        return "runs resampled within each budget", runs
+    return None
+
+
+def budget_summary(points: Points, by_questions, fcfg, rng) -> tuple[list[dict], Optional[np.ndarray]]:
+    """Each budget's mean accuracy with its bootstrap interval, and the draws behind them."""
+    plan = budget_resampler(points, by_questions)
+    means, draws = budget_means(points), None
+    if plan and fcfg.bootstrap_iterations:
+        draws = np.array([budget_means(plan[1](rng)) for _ in range(fcfg.bootstrap_iterations)])
+    lo, hi = percentiles(draws, fcfg.confidence) if draws is not None else (None, None)
+    return [{"tokens": int(round(10 ** x)), "runs": int((points.x == x).sum()),
+             "accuracy": float(m),
+             "interval": None if lo is None else [float(lo[i]), float(hi[i])],
+             "interval_from": plan[0] if draws is not None else None}
+            for i, (x, m) in enumerate(zip(np.unique(points.x), means))], draws
 
 
 def fit_slice(name: str, rows: list[dict], questions: dict, fcfg, seed: int) -> SliceFit:
     rng = np.random.default_rng(seed)
     points = points_of(rows)
     method = choose_method(fcfg.method, points, name)
-    matrix, why = question_matrix(rows, questions)
-    by_questions = questions_resampler(points, matrix)
+    answers, why = question_matrix(rows, questions)
+    by_questions = questions_resampler(points, answers[1] if answers else None)
     nxt = next_budget(points, fcfg.predict_tokens)
     fits, bands, families = {}, {}, {}
     for fam_name in fcfg.families:
@@ -125,14 +198,17 @@ def fit_slice(name: str, rows: list[dict], questions: dict, fcfg, seed: int) -> 
             bands[fam_name] = band
         families[fam_name] = _family_summary(f, boots, band, nxt, fcfg, rng)
     add_delta_aic(families)
+    by_budget, draws = budget_summary(points, by_questions, fcfg, rng)
     summary = {"runs": len(rows), "budgets": sorted({int(r["synthetic_tokens"]) for r in rows}),
-               "method": method,
+               "method": method, "by_budget": by_budget,
                "bootstrap": {"iterations": fcfg.bootstrap_iterations,
                              "runs": runs_scheme(points),
                              "questions": by_questions[0] if by_questions else
                              f"not available: {why}, and the numbers of questions are unknown"},
                "families": families, "best": best_family(families)}
-    return SliceFit(name, points, fits, bands, nxt, summary)
+    source = rows[0].get("input") or ""
+    label = name[len(source) + 2:] if name.startswith(f"{source}: ") else name
+    return SliceFit(name, points, fits, bands, nxt, summary, source, label, answers, draws)
 
 
 def _bootstraps(f: Fit, by_questions, iterations: int, rng) -> list[Bootstrap]:

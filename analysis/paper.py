@@ -12,10 +12,12 @@ from entigraph.config import REFERENCE_SETS
 
 PAPER = "paper"  # the source's name in `input`, and its rows' `input` column
 POINTS, REFERENCES = "figure2_points.csv", "reference_accuracies.csv"
-# The paper's methods as its figure names them: each is a group, so a slice of its own.
+# The paper's methods as its figure names them (each a group, so a slice of its own), and as
+# synthesis.method names them (slice_by=[method] puts them beside a user's runs).
 GROUPS = {"entigraph_cpt": "EntiGraph CPT", "rephrase_cpt": "Rephrase CPT", "qa_sft": "QA SFT"}
-# What every point measured (the columns a run folder fills from its config); `method` stays
-# empty, the group names it. No per-question counts are published: the fits are least squares.
+METHODS = {"entigraph_cpt": "entigraph", "rephrase_cpt": "rephrase", "qa_sft": "qa_sft"}
+# What every point measured (the columns a run folder fills from its config). No per-question
+# counts are published: the fits are least squares.
 MEASURED = {"corpus": "quality", "model": "meta-llama/Meta-Llama-3-8B", "protocol": "cot",
             "eval_split": "test"}
 OPEN_BOOK = "open-book"
@@ -32,6 +34,7 @@ def paper_results() -> Results:
     for line in _read(POINTS):
         tokens = int(line["tokens"])
         rows.append({**dict.fromkeys(COLUMNS), **MEASURED, "group": GROUPS[line["method"]],
+                     "method": METHODS[line["method"]],
                      "run": f"{PAPER}:{line['method']}:{tokens}", "synthetic_tokens": tokens,
                      "accuracy": float(line["accuracy"]),
                      "source": "Yang et al. 2024 (arXiv 2409.07431), Figure 2", "input": PAPER})

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from entigraph.analysis.collect import Results, csv_text, write_tables
+from entigraph.analysis.compare import compare
 from entigraph.analysis.curves import SliceFit, fit_slice, slices
 from entigraph.analysis.paper import reference_lines
 from entigraph.analysis.plots import plot_curves, plot_residuals
-from entigraph.analysis.sources import input_label, inputs, load
-from entigraph.errors import EntigraphError
+from entigraph.analysis.sources import inputs, load
 from entigraph.records import write_atomic, write_json_atomic
 
 SUMMARY_COLUMNS = ["slice", "family", "status", "rmse", "aic", "bic", "delta_aic",
@@ -19,32 +19,27 @@ SUMMARY_COLUMNS = ["slice", "family", "status", "rmse", "aic", "bic", "delta_aic
 
 
 def fit_all(results: Results, cfg) -> list[SliceFit]:
-    """Every slice fitted; refused when no family fits any slice (too few budgets)."""
-    parts = slices(results.rows, cfg.slice_by)
-    fitted = [fit_slice(name, rows, results.questions, cfg.fit, cfg.fit.seed)
-              for name, rows in parts.items()]
-    if not any(s.fits for s in fitted):
-        budgets = max(s.points.budgets for s in fitted)
-        needs = "; ".join(f"{name}: {v['skipped']}" for name, v in
-                          fitted[0].summary["families"].items())
-        raise EntigraphError(f"input={input_label(cfg.input)}: too few token budgets to fit a "
-                             f"curve (at most {budgets} in a slice). {needs}")
-    return fitted
+    """Every slice fitted where it has the budgets for a family; a slice with fewer is its
+    points with their intervals."""
+    return [fit_slice(name, rows, results.questions, cfg.fit, cfg.fit.seed)
+            for name, rows in slices(results.rows, cfg.slice_by).items()]
 
 
 def headline(fitted: list[SliceFit]) -> SliceFit:
-    """The slice with the most distinct budgets (then the most runs, then by name)."""
-    return max(fitted, key=lambda s: (s.points.budgets, len(s.points.x), s.name))
+    """The slice with the most distinct budgets (then the most runs, then the first by name:
+    max keeps the first of equals)."""
+    return max(sorted(fitted, key=lambda s: s.name), key=lambda s: (s.points.budgets, len(s.points.x)))
 
 
 def fit_document(fitted: list[SliceFit], main: SliceFit, references: dict[str, float],
-                 cfg) -> dict:
+                 comparison: dict, cfg) -> dict:
     return {
         "input": cfg.input if isinstance(cfg.input, str) else inputs(cfg.input),
         "slice_by": cfg.slice_by, "confidence": cfg.fit.confidence,
         "interval_source": cfg.fit.interval_source, "headline_slice": main.name,
         "families": main.summary["families"], "best": main.summary["best"],
         "slices": {s.name: s.summary for s in fitted}, "references": references,
+        "comparison": comparison,
     }
 
 
@@ -71,7 +66,7 @@ def summary_rows(fitted: list[SliceFit]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], comparison: dict) -> str:
     head = ["slice", "family", "status", "rmse", "AIC", "BIC", "ΔAIC", "held-out error",
             "next budget: accuracy [interval]", "params"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -86,7 +81,48 @@ def markdown(rows: list[dict]) -> str:
             f"{r['bic']:.2f}", f"{r['delta_aic']:.2f}", _num(r["heldout_error"]),
             f"{r['next_tokens']:,} tokens: {_num(r['next_accuracy'])}{interval}",
             f"`{r['params']}`"]) + " |")
-    return "# Scaling-curve fits\n\n" + "\n".join(lines) + "\n"
+    return "# Scaling-curve fits\n\n" + "\n".join(lines) + "\n" + comparison_markdown(comparison)
+
+
+def comparison_markdown(comparison: dict) -> str:
+    """The comparison section: differences, token multipliers and decision accuracy."""
+    if not comparison:
+        return ""
+    lines = ["", "# Comparison of slices", "", "## Accuracy differences at shared budgets", "",
+             "| tokens | A | B | A − B (points) | interval | from |", "|" + " --- |" * 6]
+    lines += [f"| {d['tokens']:,} | {d['a']} | {d['b']} | {_pts(d['difference'])} | "
+              f"{_pts_interval(d['interval'])} | {d['interval_from'] or '–'} |"
+              for d in comparison["differences"]]
+    lines += ["", "## Token multipliers", "",
+              "Tokens A's fitted curve needs to reach B's best accuracy; multiplier = B's tokens "
+              "there / A's (> 1: A needs fewer).", "",
+              "| A | B | B's best accuracy | at B's tokens | A needs | multiplier [interval] |",
+              "|" + " --- |" * 6]
+    for m in comparison["token_multipliers"]:
+        needs = (("≤ " if m["at_most"] else "") + f"{m['a_tokens']:,.0f}" if m["a_tokens"]
+                 else "never (within 10^6 x its budgets)")
+        interval = (f" [{m['interval'][0]:.3g}, {m['interval'][1]:.3g}]" if m["interval"] else "")
+        lines.append(f"| {m['a']} | {m['b']} | {_num(m['target_accuracy'])} | "
+                     f"{m['b_tokens']:,} | {needs} | {m['multiplier']:.3g}{interval} |")
+    decision = comparison["decision_accuracy"]
+    lines += ["", "## Decision accuracy", ""]
+    if decision["overall"] is None:
+        lines.append(f"Not available: {decision.get('note', 'no pair of slices to rank')}.")
+    else:
+        lines.append(f"Pairs ranked as at {decision['target_tokens']:,} tokens: "
+                     f"{decision['overall']:.3f} overall.")
+        lines += ["", "| tokens | pairs | agreeing | decision accuracy |", "|" + " --- |" * 4]
+        lines += [f"| {b['tokens']:,} | {b['pairs']} | {b['agreeing']:g} | {b['accuracy']:.3f} |"
+                  for b in decision["by_budget"]]
+    return "\n".join(lines) + "\n"
+
+
+def _pts(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def _pts_interval(interval) -> str:
+    return f"[{_pts(interval[0])}, {_pts(interval[1])}]" if interval else "–"
 
 
 def _num(value) -> str:
@@ -94,16 +130,29 @@ def _num(value) -> str:
 
 
 def describe(document: dict) -> str:
-    """What a user wants on the terminal: skipped families and the best fit's prediction."""
+    """What a user wants on the terminal: skipped families, the best fit's prediction and the
+    comparison at the largest shared budget."""
     lines = [f"fit: {name} skipped: {v['skipped']}"
              for name, v in document["families"].items() if "skipped" in v]
     best = document["best"]
-    pred = best["prediction"]
-    interval = (f" [{_num(pred['interval'][0])}, {_num(pred['interval'][1])}]"
-                if pred["interval"] else "")
-    lines.append(f"best family ({document['headline_slice']}, by {best['criterion']}): "
-                 f"{best['family']}; predicted accuracy at {pred['tokens']:,} tokens: "
-                 f"{_num(pred['accuracy'])}{interval}")
+    if best is None:
+        lines.append("no curve fitted: every slice has too few budgets; fit.json and the "
+                     "figure give each budget's accuracy with its interval")
+    else:
+        pred = best["prediction"]
+        interval = (f" [{_num(pred['interval'][0])}, {_num(pred['interval'][1])}]"
+                    if pred["interval"] else "")
+        lines.append(f"best family ({document['headline_slice']}, by {best['criterion']}): "
+                     f"{best['family']}; predicted accuracy at {pred['tokens']:,} tokens: "
+                     f"{_num(pred['accuracy'])}{interval}")
+    comparison = document["comparison"]
+    if comparison and comparison["differences"]:
+        largest = max(d["tokens"] for d in comparison["differences"])
+        lines += [f"at {largest:,} tokens: {d['a']} − {d['b']} = {_pts(d['difference'])} points "
+                  f"{_pts_interval(d['interval'])}"
+                  for d in comparison["differences"] if d["tokens"] == largest]
+    if comparison and comparison["decision_accuracy"]["overall"] is not None:
+        lines.append(f"decision accuracy: {comparison['decision_accuracy']['overall']:.3f}")
     return "\n".join(lines)
 
 
@@ -115,18 +164,20 @@ def write_report(cfg) -> tuple[dict[str, Path], dict]:
     output_dir = Path(cfg.output_dir)
     outputs = write_tables(results, output_dir)
     references = reference_lines(cfg.references, results.rows)
-    document = fit_document(fitted, main, references, cfg)
+    comparison = compare(fitted, cfg.fit)
+    document = fit_document(fitted, main, references, comparison, cfg)
     rows = summary_rows(fitted)
     outputs.update(fit=output_dir / "fit.json", fits_md=output_dir / "fits.md",
                    fits_csv=output_dir / "fits.csv", plot=output_dir / "accuracy_vs_tokens.png",
                    residuals=output_dir / "residuals.png")
     write_json_atomic(outputs["fit"], document)
-    write_atomic(outputs["fits_md"], markdown(rows))
+    write_atomic(outputs["fits_md"], markdown(rows, comparison))
     write_atomic(outputs["fits_csv"], csv_text(SUMMARY_COLUMNS, rows))
-    plot_curves(fitted, main.name, references, cfg.chance, cfg.fit.confidence, outputs["plot"])
+    plot_curves(fitted, main.name, references, cfg.chance, cfg.fit.confidence, outputs["plot"],
+                comparison)
     plot_residuals(main, outputs["residuals"])
     if cfg.wandb.project or cfg.wandb.run_id:
         from entigraph.analysis.publish import log_to_wandb
 
-        log_to_wandb(cfg.wandb, output_dir, outputs, results.rows, document["best"])
+        log_to_wandb(cfg.wandb, output_dir, outputs, results.rows, fitted, document)
     return outputs, document

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from entigraph.analysis.collect import (
     Results, add_run, check, config_row, read_runs, read_table, select)
+from entigraph.analysis.curves import must_agree, slice_key, sliced_columns
 from entigraph.analysis.paper import PAPER, paper_results
 from entigraph.errors import EntigraphError
 from entigraph.records import RECORD
@@ -37,7 +38,13 @@ def load(cfg) -> Results:
         labels = {row["input"] for row in results.rows}
         for label in sorted(labels):
             check([r for r in results.rows if r["input"] == label],
-                  source if len(labels) == 1 else label)
+                  source if len(labels) == 1 else label, slice_key(cfg.slice_by),
+                  must_agree(cfg.slice_by), sliced_columns(cfg.slice_by))
+        if not labels and cfg.protocol:
+            raise EntigraphError(f"input={source}: protocol={cfg.protocol} found nothing (no "
+                                 f"completed training run evaluated by {cfg.protocol}); add it "
+                                 f"with `entigraph eval run=<run folder> "
+                                 f"eval.protocols=[{cfg.protocol}]`")
         if not labels:
             check([], source)
         twice = {r["run"] for r in combined.rows} & {r["run"] for r in results.rows}
@@ -50,30 +57,34 @@ def load(cfg) -> Results:
 
 
 def read(source: str, cfg) -> Results:
-    """The rows of one source."""
+    """The rows of one source; runs give their accuracy by cfg.protocol (tables their own)."""
     if source == PAPER:
         return paper_results()
     if source.startswith(WANDB):
-        return wandb_results(source[len(WANDB):], cfg.wandb.group, list(cfg.wandb.tags))
+        return wandb_results(source[len(WANDB):], cfg.wandb.group, list(cfg.wandb.tags),
+                             cfg.protocol)
     if source.startswith(OPTUNA):
-        return optuna_results(source[len(OPTUNA):], cfg.study)
+        return optuna_results(source[len(OPTUNA):], cfg.study, cfg.protocol)
     if source.endswith(".csv"):
         if not Path(source).exists():
             raise EntigraphError(f"input={source}: no such file")
         return read_table(Path(source))
-    return read_runs(source)
+    return read_runs(source, cfg.protocol)
 
 
-def wandb_row(run_path: str, job_type: str, config: dict, summary: dict) -> dict | None:
+def wandb_row(run_path: str, job_type: str, config: dict, summary: dict,
+              protocol: str | None = None) -> dict | None:
     """The row of one W&B training run (its config is our resolved config; its summary holds
-    the record's metrics and `derived/<name>` quantities); None for other runs."""
-    if job_type != "train" or "accuracy" not in summary:
+    the record's metrics and `derived/<name>` quantities) by `protocol` (None: its headline
+    one); None for other runs and runs not evaluated by it."""
+    if job_type != "train":
         return None
     derived = {k[len("derived/"):]: v for k, v in summary.items() if k.startswith("derived/")}
-    return config_row(run_path, config, summary, derived, "wandb")
+    return config_row(run_path, config, summary, derived, "wandb", protocol)
 
 
-def wandb_results(path: str, group: str | None, tags: list[str]) -> Results:
+def wandb_results(path: str, group: str | None, tags: list[str],
+                  protocol: str | None = None) -> Results:
     """Finished runs of a W&B project (`entity/project`) through the public API, optionally
     only a group's or those with any of `tags`. Needs a reachable W&B server."""
     import wandb
@@ -89,7 +100,8 @@ def wandb_results(path: str, group: str | None, tags: list[str]) -> Results:
         raise EntigraphError(f"input=wandb:{path}: W&B could not list runs ({err}); analyse the "
                              f"run folders or a cached results.csv instead") from err
     rows = [row for run in runs if (row := wandb_row("/".join(run.path), run.job_type,
-                                                     dict(run.config), dict(run.summary)))]
+                                                     dict(run.config), dict(run.summary),
+                                                     protocol))]
     return Results(rows)
 
 
@@ -105,9 +117,11 @@ def optuna_storage(url: str):
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(url))
 
 
-def optuna_results(url: str, study_name: str | None) -> Results:
-    """Completed trials of a study: from the trial's run folder (user attr `run_dir`) when it
-    exists, else from its params (named by config keys) and value (validation accuracy)."""
+def optuna_results(url: str, study_name: str | None, protocol: str | None = None) -> Results:
+    """Completed trials of a study by `protocol` (None: each run's headline one): from the
+    trial's run folder (user attr `run_dir`) when it exists, else from its params (named by
+    config keys) and value (its run's headline accuracy, counted as mc's: a trial keeps no
+    eval config)."""
     import optuna
 
     storage = optuna_storage(url)
@@ -122,15 +136,17 @@ def optuna_results(url: str, study_name: str | None) -> Results:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         run_dir = trial.user_attrs.get("run_dir")
         if run_dir and (Path(run_dir) / RECORD).exists():
-            add_run(results, Path(run_dir))
-        else:
-            results.rows.append(trial_row(f"{study_name}#{trial.number}", trial.params,
-                                          trial.value, trial.user_attrs))
+            add_run(results, Path(run_dir), protocol)
+        elif row := trial_row(f"{study_name}#{trial.number}", trial.params, trial.value,
+                              trial.user_attrs, protocol):
+            results.rows.append(row)
     return results
 
 
-def trial_row(run: str, params: dict, value: float, attrs: dict) -> dict:
-    """A row from a trial's params (config keys such as data.synthetic_tokens) and value."""
+def trial_row(run: str, params: dict, value: float, attrs: dict,
+              protocol: str | None = None) -> dict | None:
+    """A row from a trial's params (config keys such as data.synthetic_tokens) and value; None
+    when `protocol` is not the one its value measures."""
     config: dict = {}
     for key, v in params.items():
         node = config
@@ -141,5 +157,5 @@ def trial_row(run: str, params: dict, value: float, attrs: dict) -> dict:
     metrics = {"accuracy": value, "n_questions": attrs.get("n_questions"),
                "n_scored": attrs.get("n_scored")}
     derived = {"synthetic_tokens_selected": params.get("data.synthetic_tokens")}
-    return config_row(run, config, metrics, derived, "optuna")
+    return config_row(run, config, metrics, derived, "optuna", protocol)
 

@@ -164,9 +164,15 @@ def _train_run(cfg: DictConfig, questions: list, curve: list,
 def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
     from entigraph.evaluation import check_model
 
+    if cfg.run and cfg.checkpoint:
+        raise ConfigError("config: run and checkpoint are both set; set one: run=<training run "
+                          "folder> adds the result to that run, checkpoint=<model folder> "
+                          "evaluates into a folder of its own")
+    if cfg.run:
+        return _eval_run(cfg)
     if not cfg.checkpoint:
         raise ConfigError("config: checkpoint is not set; set checkpoint=<model folder>, "
-                          "e.g. checkpoint=outputs/runs/<run>/model")
+                          "e.g. checkpoint=outputs/runs/<run>/model, or run=<training run folder>")
     check_model(cfg.checkpoint, None)
     questions = eval_questions(cfg, cfg.eval.split)
     with run_record(cfg.run_dir, "eval", _plain(cfg), cfg.tracker) as record:
@@ -175,14 +181,35 @@ def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
     return read_record(cfg.run_dir)
 
 
+def _eval_run(cfg: DictConfig) -> dict:
+    """Evaluate the model of the completed training run cfg.run on its own questions and add
+    the result to that run (entigraph/attach.py)."""
+    from entigraph.attach import add_evaluation, questions_config, training_run
+    from entigraph.evaluation import check_model, evaluate_questions
+
+    saved = training_run(cfg.run)
+    model = Path(cfg.run) / "model"
+    check_model(model, None)
+    questions = eval_questions(questions_config(cfg, saved), cfg.eval.split)
+    result = evaluate_questions(model, None, questions, Path(cfg.run) / "eval", cfg.eval,
+                                limit=cfg.eval.limit)
+    add_evaluation(cfg.run, saved, result, cfg)
+    print(f"{_report(result['metrics'], cfg.eval.protocols)}; added to "
+          f"{Path(cfg.run) / 'record.json'}")
+    return read_record(cfg.run)
+
+
 def sweep(cfg: DictConfig) -> list[dict]:
-    """Train and evaluate every grid point in turn. Completed points are skipped on a rerun; a
-    failed point is recorded in its folder and the sweep goes on."""
+    """Train and evaluate every grid point in turn, once every point's corpus exists (generated
+    first as sweep.generate_corpora allows). Completed points are skipped on a rerun; a failed
+    point is recorded in its folder and the sweep goes on."""
     from entigraph.dry_run import total as dry_run_total
+    from entigraph.sweeps.corpora import command_line, ensure_corpora, with_values
     from entigraph.sweeps.grid import grid_points
     from entigraph.sweeps.runs import run_point
 
     points = grid_points(cfg, cfg.sweep.grid)  # every point validated before any run starts
+    ensure_corpora(with_values(point, command_line(), cfg.sweep.grid) for point in points)
     records, failed = [], []
     for i, point in enumerate(points, 1):
         log.info("[%d/%d] %s", i, len(points), point.run_dir)

@@ -137,8 +137,12 @@ class ModelConfig:
 class DataConfig:
     """What a training run sees. See README "The three sweep axes" for the exact meanings."""
     corpus_dir: str = "${synthesis.output_dir}"
-    # Unique synthetic tokens drawn (seeded, nested) from the corpus; null takes all of it.
+    # Synthetic tokens drawn (seeded, nested) from the corpus; null takes all of it.
     synthetic_tokens: Optional[int] = knob(None, gt=0)
+    # A corpus smaller than data.synthetic_tokens is repeated up to it (passes over its texts,
+    # each in a fresh seeded order; the record gives the unique tokens and the repeats), so
+    # methods whose corpora differ in size train on matched tokens; false refuses such a budget.
+    repeat: bool = False
     # Share of training blocks drawn from the replay corpus. add: replay blocks are added (every
     # synthetic token is still seen each epoch); replace: the reference code's rule, each time a
     # synthetic block is read (every epoch) a coin with this probability swaps it for a random
@@ -223,6 +227,10 @@ class TrainerConfig:
                               f"{self.micro_batch_size} x {self.launch.processes}; change either")
 
 
+# The evaluation protocols (entigraph/evaluation.py): eval.protocols, and analyze's protocol.
+PROTOCOLS = ["mc", "cot"]
+
+
 @dataclass
 class CotConfig:
     """The paper's five-shot chain-of-thought protocol: sampling and how samples become answers."""
@@ -243,7 +251,7 @@ class CotConfig:
 class EvalConfig:
     # mc: log-likelihood over the four options; cot: generative chain of thought. The first
     # protocol listed gives the headline `accuracy`; each also reports `<protocol>_accuracy`.
-    protocols: list[str] = knob(["mc"], choices=["mc", "cot"])
+    protocols: list[str] = knob(["mc"], choices=PROTOCOLS)
     backend: str = knob("hf", choices=["hf", "vllm"])
     # vllm backend: arguments for vllm.LLM as lm-eval passes them, e.g. on CPU
     # {dtype: float32, max_model_len: 4096, enforce_eager: true, kv_cache_memory_bytes: 1e9}.
@@ -311,6 +319,11 @@ class SweepSpec:
     space: dict[str, str] = field(default_factory=dict)
     optuna: OptunaSpec = field(default_factory=OptunaSpec)
     worker: int = knob(0, ge=0)  # search: this worker's index (seeds its sampler)
+    # A point's corpus (data.corpus_dir) that does not exist yet, found before any run starts:
+    # free generates those that cost nothing (synthesis.method=raw, generator.backend=offline);
+    # all any, paid generators too, within synthesis.budget_*; none refuses, naming the
+    # `entigraph generate` command that makes it.
+    generate_corpora: str = knob("free", choices=["free", "all", "none"])
 
 
 @dataclass
@@ -322,8 +335,11 @@ class RunConfig:
                      "tok${data.synthetic_tokens}_mix${data.mixing_ratio}_lr${optim.lr}_seed${seed}"
                      "-${run_hash:}")  # a hash of everything that changes the result
     run_dir: str = "${paths.runs}/${run_name}"
-    # eval only: the model folder to evaluate.
+    # eval only: the model folder to evaluate (into a folder of its own)...
     checkpoint: Optional[str] = None
+    # ... or a completed training run folder: its model is evaluated on its corpus's questions
+    # and the result added to the run (README "Evaluating a trained run again").
+    run: Optional[str] = None
     # The experiment preset composed (experiment=...), set from Hydra's choice: a W&B tag.
     preset: Optional[str] = None
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -361,7 +377,8 @@ class AnalyzeFitConfig:
 
 @dataclass
 class AnalyzeWandbConfig:
-    # input=wandb:<entity>/<project>: only runs of this group / with any of these tags.
+    # input=wandb:<entity>/<project>: only runs of this group / with any of these tags. The
+    # analysis run is logged in this group too (a sweep's runs are grouped by its name).
     group: Optional[str] = None
     tags: list[str] = knob([])
     # Log the figures and the table to a new run of this project, or to this existing run id.
@@ -371,6 +388,7 @@ class AnalyzeWandbConfig:
     mode: str = knob("auto", choices=["auto", "online", "offline", "disabled"])
 
 
+SLICINGS = ["group", "envelope", "none"]  # analyze slice_by= besides a list of columns
 # references=<name>: the paper's closed-book reference lines, or those and its open-book +RAG ones.
 REFERENCE_SETS = ["paper", "paper_with_rag"]
 
@@ -388,9 +406,16 @@ class AnalyzeConfig:
     study: Optional[str] = None  # optuna input: the study name (optional if it is the only one)
     # Keep only rows whose columns have these values, e.g. +where.protocol=mc +where.lr=1e-4.
     where: dict[str, Any] = field(default_factory=dict)
+    # The protocol whose accuracy (and per-question outcomes) each run gives: mc or cot, as
+    # added later by `entigraph eval run=...`; runs without it are left out. null: each run's
+    # headline protocol (the first of its eval.protocols).
+    protocol: Optional[str] = knob(None, choices=PROTOCOLS)
     # group: a curve per (mixing ratio, LR); envelope: per mixing ratio, the best LR at each
-    # budget; none: all runs on one curve.
-    slice_by: str = knob("group", choices=["group", "envelope", "none"])
+    # budget; none: all runs on one curve; a list of columns, e.g. [method] or [method,
+    # mixing_ratio]: a curve per combination of their values, compared with one another
+    # (paired differences, token multipliers, decision accuracy). Only the sliced columns may
+    # differ between a slice's runs (and their budgets and seeds).
+    slice_by: Any = "group"
     # Horizontal reference lines: a named set (paper, paper_with_rag) or label -> accuracy,
     # '++references={Llama 3 8B base: 0.3949}'; null: the paper's set when input has paper,
     # else none ({}: none).
@@ -406,6 +431,7 @@ class AnalyzeConfig:
                 or not all(isinstance(v, str) and v for v in sources):
             raise ConfigError(f"config: input={self.input!r} is not allowed; set input to a "
                               f"source or a list of them, e.g. input=[outputs/runs,paper]")
+        self._check_slice_by()
         refs = self.references
         if refs is None or refs in REFERENCE_SETS:
             return
@@ -415,6 +441,18 @@ class AnalyzeConfig:
             raise ConfigError(f"config: references={refs!r} is not allowed; set references to "
                               f"one of: {', '.join(REFERENCE_SETS)}, or label: accuracy (a "
                               f"fraction), e.g. '++references={{Llama 3 8B base: 0.3949}}'")
+
+    def _check_slice_by(self) -> None:
+        from entigraph.analysis.collect import COLUMNS
+
+        value = self.slice_by
+        if value in SLICINGS:
+            return
+        columns = [value] if isinstance(value, str) else value
+        if not isinstance(columns, list) or not columns or not all(c in COLUMNS for c in columns):
+            raise ConfigError(f"config: slice_by={value!r} is not allowed; set it to one of "
+                              f"{', '.join(SLICINGS)} or a list of columns, e.g. "
+                              f"slice_by=[method]; columns: {', '.join(COLUMNS)}")
 
 
 def _basename(path: Optional[str]) -> str:

@@ -58,7 +58,7 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -94,7 +94,7 @@ class RunRecord:
         self.tracker = tracker
         self._t0 = time.monotonic()
         previous = previous if previous is not None else read_record(self.run_dir)
-        attempt = {"started_at": _now(), "ended_at": None, "duration_s": None, "outcome": "running",
+        attempt = {"started_at": utc_now(), "ended_at": None, "duration_s": None, "outcome": "running",
                    "host": socket.gethostname(), "pid": os.getpid(),
                    "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         self.data: dict[str, Any] = {
@@ -148,7 +148,7 @@ class RunRecord:
         # A sweep's pruner stops a run by raising optuna.TrialPruned: that run did not fail.
         pruned = type(error).__name__ == "TrialPruned"
         self.data["status"] = "pruned" if pruned else "failed" if error else "completed"
-        self.data["ended_at"] = _now()
+        self.data["ended_at"] = utc_now()
         self.data["attempts"][-1].update(ended_at=self.data["ended_at"],
                                          outcome=self.data["status"],
                                          duration_s=round(time.monotonic() - self._t0, 3))

@@ -25,9 +25,12 @@ from entigraph.records import CONFIG, is_main_process, read_record
 
 LOCK = ".lock"
 # Keys that name, place, launch or log a run but do not change what it computes.
-NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir", "run_name", "preset", "paths",
+NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir", "run_name", "preset", "paths", "run",
                "trainer.launch", "trainer.log_every", "trainer.checkpoint_every",
-               "trainer.checkpoint_minutes", "trainer.dry_run", "trainer.estimate")
+               "trainer.checkpoint_minutes", "trainer.dry_run", "trainer.estimate",
+               # Repeating changes nothing a run without it could train: a budget within the
+               # corpus reads the same blocks either way, one beyond it is refused without.
+               "data.repeat")
 HASH_CHARS = 8
 
 

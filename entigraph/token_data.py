@@ -154,27 +154,34 @@ def load_tokens(token_dir: Path) -> TokenArrays:
     return TokenArrays(tokens, np.load(token_dir / "offsets.npy"))
 
 
-def select_budget(offsets: np.ndarray, budget: int | None, seed: int) -> list[tuple[int, int]]:
-    """Spans of a seeded random subset of texts holding exactly `budget` tokens (all if None).
+def select_budget(offsets: np.ndarray, budget: int | None, seed: int,
+                  repeat: bool = False) -> list[tuple[int, int]]:
+    """Spans holding exactly `budget` tokens (all if None): the texts in one seeded permutation,
+    the last one taken cut, so a smaller budget's spans are always a prefix of a larger one's
+    (nested budgets).
 
-    The texts are taken in one seeded permutation and the last one is cut, so the subset for a
-    smaller budget is always a prefix of the subset for a larger one (nested budgets).
+    A budget beyond the corpus is refused unless `repeat`: then the first pass (that same
+    permutation) is followed by further passes, each a fresh permutation drawn from the same
+    generator, so budgets stay nested across repeated ones too.
     """
     available = int(offsets[-1])
     if budget is None:
         budget = available
-    if budget > available:
+    if budget > available and not (repeat and available):
         raise ConfigError(f"config: data.synthetic_tokens={budget} exceeds the {available} "
-                          f"synthetic tokens in the corpus; set data.synthetic_tokens <= {available}")
-    order = np.random.default_rng(seed).permutation(len(offsets) - 1)
+                          f"synthetic tokens in the corpus; set data.synthetic_tokens <= "
+                          f"{available}" + ("" if repeat else ", or data.repeat=true to repeat "
+                                            "the corpus up to it"))
+    rng = np.random.default_rng(seed)
     spans, total = [], 0
-    for i in order:
-        start, end = int(offsets[i]), int(offsets[i + 1])
-        take = min(end - start, budget - total)
-        spans.append((start, start + take))
-        total += take
-        if total == budget:
-            break
+    while total < budget:
+        for i in rng.permutation(len(offsets) - 1):
+            start, end = int(offsets[i]), int(offsets[i + 1])
+            take = min(end - start, budget - total)
+            spans.append((start, start + take))
+            total += take
+            if total == budget:
+                break
     return spans
 
 

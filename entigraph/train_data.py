@@ -1,7 +1,8 @@
 """The training blocks of one run: the synthetic budget plus replay, and what they amount to.
 
 Meaning of the sweep axes (also in the README):
-- data.synthetic_tokens: unique synthetic tokens, a seeded nested subset of the corpus;
+- data.synthetic_tokens: synthetic tokens, a seeded nested subset of the corpus (with
+  data.repeat, a corpus smaller than the budget is repeated up to it);
 - data.mixing_ratio r: the share of training blocks drawn from the replay corpus.
   - data.mixing_mode=add: replay blocks are added (r / (1 - r) per synthetic block, the same
     distinct replay blocks every epoch), so every synthetic token is still seen each epoch and
@@ -182,7 +183,8 @@ def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epoc
     check_replay(data_cfg)
     syn = synthetic_tokens(data_cfg, tokenizer, cache_root)
     bs, ratio = data_cfg.block_size, data_cfg.mixing_ratio
-    stream = TokenStream.of(syn.tokens, select_budget(syn.offsets, data_cfg.synthetic_tokens, seed))
+    stream = TokenStream.of(syn.tokens, select_budget(syn.offsets, data_cfg.synthetic_tokens, seed,
+                                                      data_cfg.repeat))
     n_syn = stream.n_blocks(bs)
     if n_syn == 0:
         raise ConfigError(f"config: data.synthetic_tokens={data_cfg.synthetic_tokens} is less "
@@ -192,10 +194,14 @@ def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epoc
     replay = _replay_stream(data_cfg, tokenizer, cache_root) if replace or n_added else None
     added = sample_replay_blocks(replay, bs, n_added, seed) if n_added else np.zeros(0, np.int64)
     data = TrainingBlocks(stream, replay, bs, n_syn, added, ratio if replace else 0.0, seed)
+    unique = min(len(stream), syn.n_tokens)
     data.derived = {
         "corpus_manifest_sha256": manifest_digest(data_cfg.corpus_dir),
         "corpus_tokens_available": syn.n_tokens,
         "synthetic_tokens_selected": len(stream),
+        # A budget beyond the corpus holds all of it (the first pass takes every text whole).
+        "synthetic_tokens_unique": unique,
+        "synthetic_repeats": len(stream) / unique,
         "synthetic_blocks": n_syn,  # the budget in full blocks: the tail under one is dropped
         # The rule's expectation: add, exact; replace, r per synthetic block and epoch.
         "replay_blocks_per_epoch_expected": ratio * n_syn if replace else n_added,

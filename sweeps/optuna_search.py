@@ -144,12 +144,12 @@ def counted(study: optuna.Study) -> int:
 
 def run_worker(cfg: DictConfig) -> dict:
     """Run trials until the study holds sweep.optuna.n_trials; write the summary after each."""
-    from entigraph.corpus_folder import require_complete
+    from entigraph.sweeps.corpora import command_line, ensure_corpora, search_points
 
     check_objective(cfg)
     space = search_space(cfg)  # every key and range checked before the storage is touched
-    study = open_study(cfg)
-    require_complete(cfg.data.corpus_dir)
+    study = open_study(cfg)  # first: an unreachable storage is refused before any generation
+    ensure_corpora(search_points(cfg, command_line()))
     cap, worker, failures, started = cfg.sweep.optuna.n_trials, cfg.sweep.worker, 0, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

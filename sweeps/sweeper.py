@@ -4,6 +4,8 @@ launcher `launcher=` picks), plus what a sweep of training runs needs:
 - `sweep.grid` (set by a preset such as `grid=paper_budgets`) adds to the swept overrides;
 - every job's config is composed and validated before any job starts, so a bad value is one
   line and exit code 2, not a failure half-way through;
+- so is every corpus the jobs train on: a missing one is generated first or refused, as
+  sweep.generate_corpora says (sweeps/corpora.py);
 - train jobs get run folders inside the sweep folder (`<sweep.dir>/<run_name>`);
 - once all jobs ended, `<sweep.dir>/jobs.json` lists each job's overrides and outcome.
 """
@@ -18,7 +20,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf, open_dict
 
-from entigraph.errors import ConfigError
+from entigraph.errors import ConfigError, EntigraphError
 from entigraph.records import write_json_atomic
 
 # A train job's run folder lies in the sweep folder, so the sweep folder holds every run.
@@ -51,11 +53,13 @@ class EntigraphSweeper(BasicSweeper):
         return returns
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        """Compose and validate every job's config before the launcher starts any."""
+        """Compose and validate every job's config before the launcher starts any; then make
+        sure of the corpora the jobs train on (sweeps/corpora.py), here, once for all jobs."""
         from entigraph.config import validate
 
         if not batch:
             self._refuse("the sweep has no jobs; give each swept key at least one value")
+        jobs = []
         try:
             for overrides in batch:
                 cfg = self.hydra_context.config_loader.load_sweep_config(
@@ -63,8 +67,24 @@ class EntigraphSweeper(BasicSweeper):
                 with open_dict(cfg):
                     del cfg["hydra"]
                 validate(cfg)
+                jobs.append((cfg, list(overrides)))
         except Exception as err:  # composition (unknown key, bad grammar) or validation
             self._refuse(f"{' '.join(overrides)}: {err}".splitlines()[0])
+        self._ensure_corpora(jobs)
+
+    def _ensure_corpora(self, jobs: list) -> None:
+        from entigraph.sweeps.corpora import ensure_corpora, search_points
+
+        def points(cfg, overrides: list) -> list:
+            """A train job trains on its corpus, a search worker on each one its space names."""
+            if cfg.command == "search":
+                return search_points(cfg, overrides)
+            return [(cfg, overrides)] if cfg.command == "train" else []
+
+        try:
+            ensure_corpora(point for cfg, overrides in jobs for point in points(cfg, overrides))
+        except EntigraphError as err:
+            self._refuse(err)
 
     def _refuse(self, err: Any) -> None:
         print(f"entigraph {self.config.command}: error: {err}", file=sys.stderr)

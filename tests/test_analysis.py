@@ -9,7 +9,7 @@ import pytest
 from entigraph.analysis.bootstrap import bootstrap, questions_resampler, runs_resampler, runs_scheme
 from entigraph.analysis.families import FAMILIES, family
 from entigraph.analysis.fit import Points, fit, heldout, starts, tokens_to_reach
-from entigraph.analysis.report import write_report
+from entigraph.analysis.report import describe, write_report
 from entigraph.config import CURVE_FAMILIES
 from entigraph.errors import EntigraphError
 
@@ -187,11 +187,20 @@ def test_families_needing_more_budgets_are_skipped_with_the_count(analyze_cfg, t
     assert document["best"]["criterion"].startswith("aic")
 
 
-def test_too_few_budgets_for_any_family_is_refused(analyze_cfg, tmp_path):
-    source = sweep_table(tmp_path / "t.csv", budgets=X[:2])
-    with pytest.raises(EntigraphError, match="loglinear needs at least 3 distinct token budgets"):
-        write_report(analyze_cfg(source))
-    assert not (tmp_path / "out").exists()
+def test_slices_with_too_few_budgets_for_any_family_are_points_with_intervals(analyze_cfg,
+                                                                              tmp_path):
+    for budgets in (X[:2], X[:1]):
+        source = sweep_table(tmp_path / f"t{len(budgets)}.csv", budgets=budgets)
+        outputs, document = write_report(analyze_cfg(source, f"out{len(budgets)}"))
+        assert document["best"] is None
+        assert "needs at least 3 distinct token budgets" in document["families"]["loglinear"]["skipped"]
+        (only,) = document["slices"].values()
+        assert [b["tokens"] for b in only["by_budget"]] == [round(10 ** x) for x in budgets]
+        for b in only["by_budget"]:  # 2,000 questions a run: a binomial redraw's interval
+            assert b["interval"][0] < b["accuracy"] < b["interval"][1]
+            assert b["interval"][1] - b["interval"][0] < 0.06
+        assert "no curve fitted" in describe(document)
+        assert outputs["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("row, message", [

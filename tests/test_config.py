@@ -166,9 +166,11 @@ def test_run_folders_carry_a_hash_of_what_changes_the_result(compose):
     assert re.fullmatch(r"demo-entigraph/tok\w+_mix0.0_lr5e-06_seed0-[0-9a-f]{8}", base), base
     assert name("optim.warmup_ratio=0.2") != base  # a knob the name does not spell out
     assert name("model.hidden_size=96") != base
-    # Naming, logging, checkpointing and how many processes train do not change the result.
+    # Naming, logging, checkpointing and how many processes train do not change the result;
+    # nor does data.repeat (a budget within the corpus reads the same blocks either way).
     assert name("trainer.log_every=3", "trainer.checkpoint_every=7", "tracker.mode=disabled",
-                "trainer.launch.processes=2", "sweep.name=other") == base
+                "trainer.launch.processes=2", "sweep.name=other",
+                "sweep.generate_corpora=none", "data.repeat=true") == base
 
 
 def test_sweep_runs_are_grouped_and_tagged_by_sweep(compose):

@@ -35,9 +35,68 @@ def test_budget_is_seeded():
     assert select_budget(OFFSETS, 30, 1) != select_budget(OFFSETS, 30, 2)
 
 
-def test_budget_larger_than_corpus_names_what_is_there():
-    with pytest.raises(ConfigError, match="exceeds the 60 synthetic tokens"):
+def test_budget_larger_than_corpus_names_what_is_there_and_the_fixes():
+    with pytest.raises(ConfigError, match="exceeds the 60 synthetic tokens") as err:
         select_budget(OFFSETS, 61, 0)
+    message = str(err.value)
+    assert "data.synthetic_tokens <= 60" in message and "data.repeat=true" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("budget", [60, 61, 119, 120, 250])
+def test_a_repeated_budget_holds_exactly_the_requested_tokens(budget):
+    assert span_tokens(select_budget(OFFSETS, budget, seed=3, repeat=True)) == budget
+
+
+def test_repeated_budgets_stay_nested_and_begin_with_todays_pass():
+    streams = [gather(np.arange(60), select_budget(OFFSETS, budget, 7, repeat=True))
+               for budget in (18, 60, 75, 200)]
+    for small, large in zip(streams, streams[1:]):
+        assert np.array_equal(large[:len(small)], small)
+    # The first pass is the unrepeated selection; a repeat changes nothing within the corpus.
+    assert select_budget(OFFSETS, 45, 7, repeat=True) == select_budget(OFFSETS, 45, 7)
+    assert np.array_equal(streams[1], gather(np.arange(60), select_budget(OFFSETS, None, 7)))
+
+
+def test_each_pass_takes_every_text_once_in_a_fresh_order():
+    spans = select_budget(OFFSETS, 180, 7, repeat=True)  # three whole passes
+    texts = [int(np.searchsorted(OFFSETS, start, side="right")) - 1 for start, _ in spans]
+    passes = [texts[i:i + 7] for i in range(0, 21, 7)]
+    assert len(texts) == 21 and all(sorted(p) == list(range(7)) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1
+    assert all(end - start == OFFSETS[i + 1] - OFFSETS[i] for (start, end), i in zip(spans, texts))
+
+
+def test_the_record_gives_the_unique_tokens_and_the_repeats(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from entigraph.tiny_model import train_tokenizer
+    from entigraph.train_data import build_training_blocks
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [f"text {i} of a small corpus" for i in range(6)]
+    (corpus / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    (corpus / "manifest.json").write_text(json.dumps({"totals": {"texts": len(texts)}}))
+    tokenizer = train_tokenizer(texts, 300)
+
+    def derived(budget, repeat=True):
+        data_cfg = SimpleNamespace(corpus_dir=str(corpus), synthetic_tokens=budget, repeat=repeat,
+                                   block_size=4, mixing_ratio=0.0, mixing_mode="add")
+        return build_training_blocks(data_cfg, tokenizer, tmp_path / "cache", 0, 1).derived
+
+    whole = derived(None, repeat=False)
+    available = whole["corpus_tokens_available"]
+    assert whole["synthetic_tokens_unique"] == available and whole["synthetic_repeats"] == 1.0
+    part = derived(available - 5)
+    assert part["synthetic_tokens_unique"] == available - 5 and part["synthetic_repeats"] == 1.0
+    repeated = derived(available * 5 // 2)
+    assert repeated["synthetic_tokens_selected"] == available * 5 // 2
+    assert repeated["synthetic_tokens_unique"] == available
+    assert repeated["synthetic_repeats"] == pytest.approx(2.5, abs=1 / available)
+    with pytest.raises(ConfigError, match="data.repeat=true"):
+        derived(available + 1, repeat=False)
 
 
 def test_packing_has_no_padding_and_drops_only_the_tail():
