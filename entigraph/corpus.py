@@ -55,7 +55,7 @@ def first_last(author: str) -> str:
 
 # --- loaders ------------------------------------------------------------------------------
 N_OPTIONS = 4
-FORMATS = ("builtin", "quality", "jsonl", "textdir")
+FORMATS = ("builtin", "world", "quality", "jsonl", "textdir")
 
 
 class _LineError(Exception):
@@ -302,6 +302,9 @@ def load_corpus(corpus_cfg: Any, cache_dir: str | Path) -> list[Document]:
         raise CorpusError(f"unknown corpus.format '{fmt}'; use one of {', '.join(FORMATS)}")
     if fmt == "builtin":
         return load_builtin()
+    if fmt == "world":
+        from entigraph.world import build_world  # imported here: only this format needs it
+        return build_world(corpus_cfg.seed, corpus_cfg.people)
     paths = _path_list(path) if path is not None else []
     if fmt == "quality":
         if paths:

@@ -47,7 +47,10 @@ def make_backend(generator_cfg, docs: list[Document], synthesis_cfg, prompts: Pr
         from entigraph.openai_backend import OpenAIBackend
         return OpenAIBackend(generator_cfg)
     if kind == "vllm":
+        from entigraph.packaged_models import require_built
         from entigraph.vllm_backend import VLLMBackend
+
+        require_built(generator_cfg.model, "generator.model")  # before a 20 s engine start
         return VLLMBackend(generator_cfg)
     return None
 

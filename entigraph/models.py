@@ -8,17 +8,19 @@ from pathlib import Path
 
 from entigraph.errors import ConfigError
 from entigraph.corpus_folder import iter_texts
+from entigraph.packaged_models import require_built
 from entigraph.tiny_model import (TOKENIZER_REVISION, build_tiny_model, tiny_config,
                                   train_tokenizer)
 
 
 def check_pretrained(model_cfg) -> None:
     """Refuse, before any work, a model.pretrained that cannot load: a folder that does not
-    exist or holds no config.json, or a hub id missing from the local cache while the hub is
-    offline (HF_HUB_OFFLINE)."""
+    exist or holds no config.json (one `entigraph build-model` makes: naming that command), or
+    a hub id missing from the local cache while the hub is offline (HF_HUB_OFFLINE)."""
     name = model_cfg.pretrained
     if not name:
         return
+    require_built(name, "model.pretrained")
     folder = Path(name).expanduser()
     if folder.is_dir():
         if not (folder / "config.json").is_file():

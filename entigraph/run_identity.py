@@ -25,7 +25,7 @@ from entigraph.records import CONFIG, is_main_process, read_record
 
 LOCK = ".lock"
 # Keys that name, place, launch or log a run but do not change what it computes.
-NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir", "run_name", "preset", "paths", "run",
+NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir", "run_name", "preset", "paths", "run", "demo",
                "trainer.launch", "trainer.log_every", "trainer.checkpoint_every",
                "trainer.checkpoint_minutes", "trainer.dry_run", "trainer.estimate",
                # Repeating changes nothing a run without it could train: a budget within the

@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from entigraph.config import validate
 from entigraph.errors import ConfigError
 
-COMMANDS = ["generate", "train", "eval", "sweep", "demo", "analyze"]
+COMMANDS = ["generate", "train", "eval", "sweep", "demo", "analyze", "build-model"]
 RUN_COMMANDS = ["generate", "train", "eval", "sweep", "demo"]
 REQUIRED = {"eval": ["checkpoint=/tmp/model"]}
 
