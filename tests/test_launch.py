@@ -133,7 +133,9 @@ def test_an_optuna_trial_on_two_processes_is_pruned_by_its_study(generated_root,
     journal.parent.mkdir(parents=True)
     queued = optuna.create_study(study_name="p", direction="maximize",
                                  storage=HeartbeatJournalStorage(str(journal), 30, 60, None))
-    for lr, seed in [(8.786e-4, 2), (2.288e-4, 0)]:
+    # Picked for the offline generator's corpus of the built-in documents (a new generator
+    # version changes the curves): the first is at 2/12 at step 2, the second at 1/12.
+    for lr, seed in [(8.786e-4, 2), (8.786e-4, 1)]:
         queued.enqueue_trial({"optim.lr": lr, "seed": seed})
     out = subprocess.run(
         [sys.executable, "-m", "entigraph", "search", *CHECKPOINTED, f"paths.root={generated_root}",
