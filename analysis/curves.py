@@ -36,12 +36,23 @@ class SliceFit:
 # Slicing by columns also holds the recipe's sweep axes and the corpus's making fixed within a
 # slice (besides collect.COMPATIBLE, what every run measured), unless sliced by them.
 RECIPE = ("mixing_ratio", "lr", "prompt_set", "generator")
+PROTOCOL = "protocol"
 
 
-def slice_key(how) -> Callable[[dict], str]:
+def slice_key(how, protocols: tuple = ()) -> Callable[[dict], str]:
     """The slice a row belongs to. group: its (mixing ratio, LR); envelope: its mixing ratio
     (the best LR is picked per budget later); none: one slice; a list of columns: their values,
-    named `column=value, ...`."""
+    named `column=value, ...`. With several `protocols` (analyze protocol=[cot,rag]), its
+    protocol too: `<slice>, protocol=rag` (`protocol=rag` for none)."""
+    key = _key(how)
+    if not protocols or PROTOCOL in sliced_columns(how):
+        return key
+    if how == "none":
+        return lambda r: f"{PROTOCOL}={r.get(PROTOCOL)}"
+    return lambda r: f"{key(r)}, {PROTOCOL}={r.get(PROTOCOL)}"
+
+
+def _key(how) -> Callable[[dict], str]:
     if how == "none":
         return lambda r: "all"
     if how == "group":
@@ -53,39 +64,40 @@ def slice_key(how) -> Callable[[dict], str]:
     return lambda r: ", ".join(f"{c}={r.get(c)}" for c in columns)
 
 
-def sliced_columns(how) -> tuple[str, ...]:
+def sliced_columns(how, protocols: tuple = ()) -> tuple[str, ...]:
     """The columns of slice_by: a list of them, or one column's name (none for group,
-    envelope and none)."""
-    if isinstance(how, str):
-        return () if how in SLICINGS else (how,)
-    return tuple(how)
+    envelope and none); and protocol when several `protocols` are sliced apart."""
+    columns = (() if how in SLICINGS else (how,)) if isinstance(how, str) else tuple(how)
+    return columns + ((PROTOCOL,) if protocols and PROTOCOL not in columns else ())
 
 
-def must_agree(how) -> tuple[str, ...]:
+def must_agree(how, protocols: tuple = ()) -> tuple[str, ...]:
     """Columns every run of one slice must share (messages name the first that differs)."""
     recipe = () if how in SLICINGS else RECIPE
-    return tuple(c for c in (*COMPATIBLE, *recipe) if c not in sliced_columns(how))
+    return tuple(c for c in (*COMPATIBLE, *recipe) if c not in sliced_columns(how, protocols))
 
 
-def slices(rows: list[dict], how) -> dict[str, list[dict]]:
+def slices(rows: list[dict], how, protocols: tuple = ()) -> dict[str, list[dict]]:
     """The curves to fit: rows grouped by `slice_key`; with `envelope`, at each budget only the
     runs of the LR with the best mean accuracy there (the max over LRs favours noise upwards a
     little: an optimistic envelope). Rows of several inputs are sliced input by input, each
-    slice named `<input>: <slice>`."""
+    slice named `<input>: <slice>`. Slices of several `protocols` come later protocol first,
+    so that comparisons read later minus earlier (rag - cot for [cot,rag])."""
     by_input = _by(rows, lambda r: r.get("input") or "")
     if len(by_input) > 1:
         return {f"{label}: {name}": part for label, some in by_input.items()
-                for name, part in _slices(some, how).items()}
-    return _slices(rows, how)
+                for name, part in _slices(some, how, protocols).items()}
+    return _slices(rows, how, protocols)
 
 
-def _slices(rows: list[dict], how) -> dict[str, list[dict]]:
-    parts = _by(rows, slice_key(how))
-    if how != "envelope":
-        return parts
-    return {name: [r for budget in _by(part, lambda r: r["synthetic_tokens"]).values()
-                   for r in _best_lr(budget)]
-            for name, part in parts.items()}
+def _slices(rows: list[dict], how, protocols: tuple) -> dict[str, list[dict]]:
+    parts = _by(rows, slice_key(how, protocols))
+    if how == "envelope":
+        parts = {name: [r for budget in _by(part, lambda r: r["synthetic_tokens"]).values()
+                        for r in _best_lr(budget)]
+                 for name, part in parts.items()}
+    rank = {p: -i for i, p in enumerate(protocols)}  # stable: by name within a protocol
+    return dict(sorted(parts.items(), key=lambda kv: rank.get(kv[1][0].get(PROTOCOL), 1)))
 
 
 def _by(rows: list[dict], key) -> dict:

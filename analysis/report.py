@@ -10,7 +10,7 @@ from entigraph.analysis.compare import compare
 from entigraph.analysis.curves import SliceFit, fit_slice, slices
 from entigraph.analysis.paper import reference_lines
 from entigraph.analysis.plots import plot_curves, plot_residuals
-from entigraph.analysis.sources import inputs, load
+from entigraph.analysis.sources import inputs, load, sliced_protocols
 from entigraph.records import write_atomic, write_json_atomic
 
 SUMMARY_COLUMNS = ["slice", "family", "status", "rmse", "aic", "bic", "delta_aic",
@@ -22,7 +22,7 @@ def fit_all(results: Results, cfg) -> list[SliceFit]:
     """Every slice fitted where it has the budgets for a family; a slice with fewer is its
     points with their intervals."""
     return [fit_slice(name, rows, results.questions, cfg.fit, cfg.fit.seed)
-            for name, rows in slices(results.rows, cfg.slice_by).items()]
+            for name, rows in slices(results.rows, cfg.slice_by, sliced_protocols(cfg)).items()]
 
 
 def headline(fitted: list[SliceFit]) -> SliceFit:

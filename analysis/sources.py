@@ -10,7 +10,7 @@ from entigraph.analysis.collect import (
     Results, add_run, check, config_row, read_runs, read_table, select)
 from entigraph.analysis.curves import must_agree, slice_key, sliced_columns
 from entigraph.analysis.paper import PAPER, paper_results
-from entigraph.errors import EntigraphError
+from entigraph.errors import ConfigError, EntigraphError
 from entigraph.records import RECORD
 
 WANDB, OPTUNA = "wandb:", "optuna:"
@@ -26,11 +26,29 @@ def input_label(value) -> str:
     return value if isinstance(value, str) else "[" + ",".join(inputs(value)) + "]"
 
 
+def protocols(value) -> list:
+    """`protocol` as a list: [None] (each run's headline), one protocol, or several."""
+    return [value] if value is None or isinstance(value, str) else [str(p) for p in value]
+
+
+def sliced_protocols(cfg) -> tuple[str, ...]:
+    """The protocols sliced apart: those of `protocol` when it lists several, else none."""
+    wanted = protocols(cfg.protocol)
+    return tuple(wanted) if len(wanted) > 1 else ()
+
+
+def not_evaluated(source: str, protocol: str) -> ConfigError:
+    return ConfigError(f"input={source}: protocol={protocol} found nothing (no completed "
+                       f"training run evaluated by {protocol}); add it with `entigraph eval "
+                       f"run=<run folder> eval.protocols=[{protocol}]`")
+
+
 def load(cfg) -> Results:
     """The rows of every source of `cfg.input`, narrowed to `cfg.where`. Each source's rows are
     checked on their own (and later sliced apart): sources may measure different things, as
     the paper's curves and a user's runs do."""
     combined = Results([])
+    wanted, split = protocols(cfg.protocol), sliced_protocols(cfg)
     for source in inputs(cfg.input):
         results = select(read(source, cfg), dict(cfg.where))
         for row in results.rows:
@@ -38,13 +56,10 @@ def load(cfg) -> Results:
         labels = {row["input"] for row in results.rows}
         for label in sorted(labels):
             check([r for r in results.rows if r["input"] == label],
-                  source if len(labels) == 1 else label, slice_key(cfg.slice_by),
-                  must_agree(cfg.slice_by), sliced_columns(cfg.slice_by))
-        if not labels and cfg.protocol:
-            raise EntigraphError(f"input={source}: protocol={cfg.protocol} found nothing (no "
-                                 f"completed training run evaluated by {cfg.protocol}); add it "
-                                 f"with `entigraph eval run=<run folder> "
-                                 f"eval.protocols=[{cfg.protocol}]`")
+                  source if len(labels) == 1 else label, slice_key(cfg.slice_by, split),
+                  must_agree(cfg.slice_by, split), sliced_columns(cfg.slice_by, split))
+        if not labels and len(wanted) == 1 and wanted[0]:
+            raise not_evaluated(source, wanted[0])
         if not labels:
             check([], source)
         twice = {r["run"] for r in combined.rows} & {r["run"] for r in results.rows}
@@ -60,16 +75,45 @@ def read(source: str, cfg) -> Results:
     """The rows of one source; runs give their accuracy by cfg.protocol (tables their own)."""
     if source == PAPER:
         return paper_results()
-    if source.startswith(WANDB):
-        return wandb_results(source[len(WANDB):], cfg.wandb.group, list(cfg.wandb.tags),
-                             cfg.protocol)
-    if source.startswith(OPTUNA):
-        return optuna_results(source[len(OPTUNA):], cfg.study, cfg.protocol)
-    if source.endswith(".csv"):
+    if source.endswith(".csv") and not source.startswith((WANDB, OPTUNA)):
         if not Path(source).exists():
             raise EntigraphError(f"input={source}: no such file")
         return read_table(Path(source))
-    return read_runs(source, cfg.protocol)
+    wanted = protocols(cfg.protocol)
+    if len(wanted) == 1:
+        return read_by(source, cfg, wanted[0])
+    return by_protocols(source, {p: read_by(source, cfg, p) for p in wanted})
+
+
+def read_by(source: str, cfg, protocol: str | None) -> Results:
+    """The runs of one source (W&B, Optuna or run folders) with their accuracy by `protocol`."""
+    if source.startswith(WANDB):
+        return wandb_results(source[len(WANDB):], cfg.wandb.group, list(cfg.wandb.tags),
+                             protocol)
+    if source.startswith(OPTUNA):
+        return optuna_results(source[len(OPTUNA):], cfg.study, protocol)
+    return read_runs(source, protocol)
+
+
+def by_protocols(source: str, parts: dict[str, Results]) -> Results:
+    """A row per run and protocol (run `<run>:<protocol>`, the key of its questions too). A run
+    without a protocol's result is left out of that protocol's slices, in one line per
+    protocol; a protocol no run has is refused."""
+    runs = {r["run"] for part in parts.values() for r in part.rows}
+    combined = Results([])
+    for protocol, part in parts.items():
+        if runs and not part.rows:
+            raise not_evaluated(source, protocol)
+        missing = sorted(runs - {r["run"] for r in part.rows})
+        if missing:
+            print(f"input={source}: {len(missing)} run(s) without a {protocol} result left out of "
+                  f"the protocol={protocol} slices ({', '.join(missing[:3])}"
+                  f"{', ...' if len(missing) > 3 else ''}); add it with `entigraph eval "
+                  f"run=<run folder> eval.protocols=[{protocol}]`")
+        combined.rows += [{**r, "run": f"{r['run']}:{protocol}"} for r in part.rows]
+        combined.questions.update({f"{run}:{protocol}": answers
+                                   for run, answers in part.questions.items()})
+    return combined
 
 
 def wandb_row(run_path: str, job_type: str, config: dict, summary: dict,

@@ -73,13 +73,14 @@ def _protocol_metrics(metrics: dict, protocols: list[str], split: str) -> dict:
 
 
 def _entries(metrics: dict, protocols: list[str], eval_cfg) -> list[dict]:
-    """One `evaluations` entry a protocol: what was asked, how, when (the cot sampling too:
-    the run's saved config holds the settings of its evaluation after training, not these)."""
+    """One `evaluations` entry a protocol: what was asked, how, when (the cot sampling and the
+    rag settings too: the run's saved config holds the settings of its evaluation after
+    training, not these)."""
     at = utc_now()
     return [{"protocol": p, "split": eval_cfg.split, "backend": eval_cfg.backend,
              "evaluated_at": at, "n_questions": metrics["n_questions"],
              "n_scored": metrics[f"{p}_n_scored"], "accuracy": metrics[f"{p}_accuracy"],
-             **({"cot": OmegaConf.to_container(eval_cfg.cot)} if p == "cot" else {})}
+             **({p: OmegaConf.to_container(eval_cfg[p], resolve=True)} if p != "mc" else {})}
             for p in protocols]
 
 

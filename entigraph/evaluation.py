@@ -1,6 +1,6 @@
-"""Closed-book QA evaluation (the EntiGraph paper's QuALITY protocol) through lm-eval.
+"""QA evaluation (the EntiGraph paper's QuALITY protocols) through lm-eval.
 
-Two protocols over the same questions, asked without their article:
+Three protocols over the same questions; the first two ask them without their article:
 
 - `mc`: log-likelihood multiple choice. The prompt is
       In the context of "<title>", written by <First Last> in <year>, <question>
@@ -11,6 +11,11 @@ Two protocols over the same questions, asked without their article:
   and parse rule), sampled `eval.cot.num_samples` times per question (lm-eval `generate_until`
   with `repeats`); a filter parses each sample's `Answer: X.` line and picks one answer by
   `eval.cot.selection` (lm-eval `exact_match` against the gold letter).
+- `rag`: open book, the paper's Section 5. The corpus's chunks nearest each question
+  (entigraph/retrieval: chunking, BM25 or embeddings in a cached FAISS index, an optional
+  reranker) are placed before it in a five-shot prompt (entigraph/rag_prompt.py), sampled and
+  parsed as cot with `eval.rag.sampling`. Its records carry the chunks retrieved (ids, scores, in
+  prompt order) and `recall`: whether a chunk of the question's own document was among them.
 
 Authors are printed "First Last" in both prompts (`entigraph.corpus.first_last`: QuALITY stores
 "Last, First"), as the official code prints them.
@@ -41,7 +46,8 @@ from entigraph import cot_prompt
 from entigraph.corpus import first_last
 from entigraph.errors import EntigraphError
 
-TASKS = {"mc": "entigraph_closed_book_mc", "cot": "entigraph_closed_book_cot"}
+TASKS = {"mc": "entigraph_closed_book_mc", "cot": "entigraph_closed_book_cot",
+         "rag": "entigraph_open_book_rag"}
 N_OPTIONS = 4
 UNPARSED = "[unparsed]"  # the cot filter's output for a question with no parseable sample
 
@@ -151,12 +157,13 @@ def mc_task(data_file: Path, cache_dir: Path) -> dict:
     }
 
 
-def cot_task(data_file: Path, cache_dir: Path, cot) -> dict:
-    """The lm-eval config of the generative chain-of-thought protocol (`cot`: EvalConfig.cot)."""
+def cot_task(data_file: Path, cache_dir: Path, cot, protocol: str = "cot") -> dict:
+    """The lm-eval config of a generative chain-of-thought protocol: `cot` (EvalConfig.cot) or,
+    with its own prompt field and sampling (EvalConfig.rag.sampling), `rag`."""
     return {
-        "task": TASKS["cot"], **_dataset(data_file, cache_dir),
+        "task": TASKS[protocol], **_dataset(data_file, cache_dir),
         "output_type": "generate_until",
-        "doc_to_text": "{{cot_prompt}}",
+        "doc_to_text": f"{{{{{protocol}_prompt}}}}",
         "doc_to_target": "gold_letter",
         "target_delimiter": "",
         "repeats": cot.num_samples,
@@ -274,8 +281,9 @@ def _accuracy(records: list[dict]) -> Optional[float]:
 
 
 def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_cfg,
-                       limit: Optional[int] = None, protocols: Optional[Sequence[str]] = None) -> dict:
-    """Closed-book accuracy of `model` on `questions` by each protocol, scored by lm-eval.
+                       limit: Optional[int] = None, protocols: Optional[Sequence[str]] = None,
+                       documents: Optional[Sequence] = None) -> dict:
+    """QA accuracy of `model` on `questions` by each protocol, scored by lm-eval.
 
     model: a transformers causal LM object (then `tokenizer` is required; hf backend only) or a
         saved model folder (then `tokenizer` may be None and is loaded from the folder).
@@ -283,13 +291,16 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
     eval_cfg: an EvalConfig (protocols, backend, batch_size, cot, vllm_args); `protocols`
         overrides eval_cfg.protocols.
     work_dir: where the questions JSONL and the datasets cache are written.
+    documents: what the rag protocol retrieves from (the whole corpus, whatever the split);
+        by default the documents of `questions`.
 
     Returns {"metrics": {...}, "questions": [...]}: for each protocol p the metrics
     p_accuracy, p_accuracy_hard, p_accuracy_nonhard (None without such questions), p_parse_rate
     and p_n_scored, and the first protocol's under accuracy, accuracy_hard, accuracy_nonhard,
     parse_rate, n_scored, plus n_questions; per question and protocol a record {protocol,
     question_id, prediction (option index, None when unparsed), gold, correct (None when dropped
-    from the denominator), hard, parsed}.
+    from the denominator), hard, parsed}; rag adds rag_recall to the metrics and chunk_ids,
+    scores and recall to its records.
     """
     protocols = list(protocols or eval_cfg.protocols)
     questions = list(questions)
@@ -302,10 +313,15 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     rows = [question_row(doc, q) for doc, q in questions]
+    if "rag" in protocols:
+        documents = documents or list({doc.uid: doc for doc, _ in questions}.values())
+        add_retrieval(rows, documents, eval_cfg.rag, _chunking_tokenizer(model, tokenizer,
+                                                                         eval_cfg.rag))
     data_file = _write_questions(rows, work_dir)
     cache = work_dir / "hf_datasets_cache"
     configs = {"mc": lambda: mc_task(data_file, cache),
-               "cot": lambda: cot_task(data_file, cache, eval_cfg.cot)}
+               "cot": lambda: cot_task(data_file, cache, eval_cfg.cot),
+               "rag": lambda: cot_task(data_file, cache, eval_cfg.rag.sampling, "rag")}
 
     import torch
     from lm_eval.evaluator import evaluate
@@ -327,7 +343,8 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
         _release(lm)
 
     collected = {"mc": lambda: _collect_mc(rows, results),
-                 "cot": lambda: _collect_cot(rows, results, eval_cfg.cot.unparsed)}
+                 "cot": lambda: _collect_cot(rows, results, eval_cfg.cot.unparsed),
+                 "rag": lambda: _collect_cot(rows, results, eval_cfg.rag.sampling.unparsed, "rag")}
     metrics, records = {"n_questions": len(rows)}, []
     for protocol in protocols:
         protocol_records = collected[protocol]()
@@ -337,6 +354,42 @@ def evaluate_questions(model, tokenizer, questions: list, work_dir: Path, eval_c
         if protocol == protocols[0]:
             metrics.update(summary)
     return {"metrics": metrics, "questions": records}
+
+
+def _chunking_tokenizer(model, tokenizer, rag_cfg):
+    """The tokenizer chunk lengths are counted in (eval.rag.chunk_unit=tokens): the evaluated
+    model's."""
+    if rag_cfg.chunk_unit != "tokens" or tokenizer is not None:
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model))
+
+
+def add_retrieval(rows: list[dict], documents: Sequence, rag_cfg, tokenizer) -> dict:
+    """Retrieve each row's contexts from `documents` and add its open-book prompt (`rag_prompt`)
+    and the chunks in prompt order (`rag_chunk_ids`, `rag_doc_ids`, `rag_scores`); the
+    retrieval's stats."""
+    from entigraph import rag_prompt
+    from entigraph.retrieval import retrieve
+
+    queries = [rag_prompt.query(r["title"], r["author"], r["year"], r["question"], r["choices"])
+               for r in rows]
+    retrieved = retrieve(documents, queries, rag_cfg, tokenizer)
+    for row, best_first in zip(rows, retrieved.chunks):
+        ordered = best_first[::-1] if rag_cfg.order == "best_last" else best_first
+        row["rag_prompt"] = rag_prompt.render(row["title"], row["author"], row["year"],
+                                              row["question"], row["choices"],
+                                              [chunk.text for chunk, _ in ordered])
+        row["rag_chunk_ids"] = [chunk.id for chunk, _ in ordered]
+        row["rag_doc_ids"] = [chunk.doc_id for chunk, _ in ordered]
+        row["rag_scores"] = [float(score) for _, score in ordered]
+    stats = retrieved.stats
+    print(f"retrieval: {len(rows)} questions, top {rag_cfg.top_k} of {stats['chunks']:,} chunks "
+          f"({rag_cfg.retriever.backend}, reranker {rag_cfg.reranker.backend}); index "
+          f"{stats['index']} in {stats['index_dir']}; {stats['embedded_texts']} texts embedded, "
+          f"{stats['reranked_queries']} questions reranked", flush=True)
+    return stats
 
 
 def _samples(results: dict, protocol: str, rows: list[dict]) -> list[dict]:
@@ -353,13 +406,17 @@ def _record(protocol: str, row: dict, prediction: Optional[int], correct: Option
 
 
 def _summary(records: list[dict]) -> dict:
-    """Accuracy over the scored questions (correct is not None), overall and hard / non-hard."""
+    """Accuracy over the scored questions (correct is not None), overall and hard / non-hard;
+    for rag also the retrieval recall over all questions."""
     scored = [r for r in records if r["correct"] is not None]
-    return {"accuracy": _accuracy(scored),
-            "accuracy_hard": _accuracy([r for r in scored if r["hard"]]),
-            "accuracy_nonhard": _accuracy([r for r in scored if not r["hard"]]),
-            "parse_rate": sum(r["parsed"] for r in records) / len(records),
-            "n_scored": len(scored)}
+    summary = {"accuracy": _accuracy(scored),
+               "accuracy_hard": _accuracy([r for r in scored if r["hard"]]),
+               "accuracy_nonhard": _accuracy([r for r in scored if not r["hard"]]),
+               "parse_rate": sum(r["parsed"] for r in records) / len(records),
+               "n_scored": len(scored)}
+    if "recall" in records[0]:
+        summary["recall"] = sum(r["recall"] for r in records) / len(records)
+    return summary
 
 
 def _check_against(accuracy: float, results: dict, protocol: str, metric: str) -> None:
@@ -370,7 +427,7 @@ def _check_against(accuracy: float, results: dict, protocol: str, metric: str) -
 
 
 def _filter_name(protocol: str) -> str:
-    return "answer" if protocol == "cot" else "none"
+    return "none" if protocol == "mc" else "answer"
 
 
 def _collect_mc(rows: list[dict], results: dict) -> list[dict]:
@@ -389,11 +446,12 @@ def _collect_mc(rows: list[dict], results: dict) -> list[dict]:
     return records
 
 
-def _collect_cot(rows: list[dict], results: dict, unparsed: str) -> list[dict]:
+def _collect_cot(rows: list[dict], results: dict, unparsed: str, protocol: str = "cot") -> list[dict]:
     """Per-question records from the filtered answers; an unparsed question counts as wrong or
-    is dropped (correct None) per `unparsed`. lm-eval's exact_match counts it wrong: the check."""
+    is dropped (correct None) per `unparsed`. lm-eval's exact_match counts it wrong: the check.
+    rag's records add the chunks in the prompt and whether one was of the question's document."""
     records = []
-    for row, sample in zip(rows, _samples(results, "cot", rows)):
+    for row, sample in zip(rows, _samples(results, protocol, rows)):
         answer = sample["filtered_resps"]
         answer = answer[0] if isinstance(answer, list) else answer
         prediction = None if answer == UNPARSED else cot_prompt.LETTERS.index(answer)
@@ -401,7 +459,10 @@ def _collect_cot(rows: list[dict], results: dict, unparsed: str) -> list[dict]:
         if correct != bool(sample["exact_match"]):
             raise RuntimeError(f"lm-eval's exact_match disagrees on question '{row['question_id']}'")
         dropped = prediction is None and unparsed == "drop"
-        records.append(_record("cot", row, prediction, None if dropped else correct))
+        records.append(_record(protocol, row, prediction, None if dropped else correct))
+        if protocol == "rag":
+            records[-1].update(chunk_ids=row["rag_chunk_ids"], scores=row["rag_scores"],
+                               recall=row["doc_id"] in row["rag_doc_ids"])
     _check_against(sum(bool(r["prediction"] == r["gold"]) for r in records) / len(records),
-                   results, "cot", "exact_match")
+                   results, protocol, "exact_match")
     return records

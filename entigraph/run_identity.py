@@ -8,10 +8,8 @@ run is simply taken over by the next process that starts it.
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -19,6 +17,7 @@ from typing import Any, Iterator, Optional
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from entigraph.cache_folders import file_lock
 from entigraph.corpus_folder import manifest_digest
 from entigraph.errors import ConfigError
 from entigraph.records import CONFIG, is_main_process, read_record
@@ -99,15 +98,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     if not is_main_process():
         yield
         return
-    path = Path(run_dir) / LOCK
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{run_dir}: another process is training this run; waiting for it", flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(Path(run_dir) / LOCK,
+                   f"{run_dir}: another process is training this run; waiting for it"):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

@@ -8,15 +8,11 @@ re-tokenises and no cache is read with the wrong tokenizer or framing.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
-import shutil
-import tempfile
 from array import array
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -24,6 +20,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from entigraph.cache_folders import make_folder_once
 from entigraph.errors import ConfigError
 from entigraph.records import write_json_atomic
 
@@ -51,22 +48,6 @@ def cache_key(source_digest: str, tokenizer_fingerprint: str, text_framing: str)
                           .encode()).hexdigest()[:16]
 
 
-@contextmanager
-def _tokenising_lock(out_dir: Path) -> Iterator[None]:
-    """One process tokenises a cache; the others (sweep jobs, the ranks of a run) wait for it
-    and then read what it made. An flock: the kernel drops it if its holder dies."""
-    path = out_dir.with_name(f".{out_dir.name}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{out_dir}: another process is tokenising this corpus; waiting for it",
-                  flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def tokenize_once(texts: Callable[[], Iterable[str]], tokenizer, out_dir: Path, meta: dict,
                   total: Optional[int] = None) -> TokenArrays:
     """Tokenise `texts()` (`total` of them, for the progress bar) into `out_dir` unless a
@@ -75,12 +56,9 @@ def tokenize_once(texts: Callable[[], Iterable[str]], tokenizer, out_dir: Path, 
     refused."""
     out_dir = Path(out_dir)
     meta = {**meta, "framing": framing(tokenizer)}
-    manifest = out_dir / "manifest.json"
-    if not manifest.exists():
-        with _tokenising_lock(out_dir):
-            if not manifest.exists():  # not made by the process this one waited for
-                _tokenize(texts(), tokenizer, out_dir, meta, total)
-    found = json.loads(manifest.read_text())
+    make_folder_once(out_dir, "tokenising this corpus",
+                     lambda tmp: _tokenize(texts(), tokenizer, tmp, meta, total))
+    found = json.loads((out_dir / "manifest.json").read_text())
     differs = [key for key in meta if found.get(key) != meta[key]]
     if differs:
         raise ConfigError(f"the token cache {out_dir} was made from another "
@@ -113,38 +91,30 @@ def _encoded(texts: Iterator[str], tokenizer) -> Iterator[list[list[int]]]:
             yield ahead.result()
 
 
-def _tokenize(texts: Iterable[str], tokenizer, out_dir: Path, meta: dict,
+def _tokenize(texts: Iterable[str], tokenizer, tmp: Path, meta: dict,
               total: Optional[int]) -> None:
-    """Texts are read, tokenised and written a batch at a time: memory holds one batch of texts
-    and ids and one length per text, whatever the corpus's size."""
+    """Texts are read, tokenised and written into the folder `tmp` a batch at a time: memory
+    holds one batch of texts and ids and one length per text, whatever the corpus's size."""
     head = () if meta["framing"] == "eos" else (tokenizer.bos_token_id,)
     eos = tokenizer.eos_token_id
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    texts = iter(texts)
-    try:
-        lengths, n_tokens = array("q"), 0  # one length per text
-        bar = tqdm(total=total, desc="tokenising", unit="text")
-        with open(tmp / "tokens.bin", "wb") as f, bar:
-            for ids in _encoded(texts, tokenizer):
-                sizes = [len(head) + len(x) + 1 for x in ids]
-                lengths.extend(sizes)
-                np.fromiter(itertools.chain.from_iterable((*head, *x, eos) for x in ids),
-                            dtype=dtype, count=sum(sizes)).tofile(f)
-                n_tokens += sum(sizes)
-                bar.update(len(ids))
-                rate = n_tokens / max(bar.format_dict["elapsed"], 1e-9)
-                bar.set_postfix(tokens=f"{n_tokens:,}", per_s=f"{rate:,.0f}", refresh=False)
-        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-        np.save(tmp / "offsets.npy", offsets)
-        write_json_atomic(tmp / "manifest.json", {**meta, "dtype": np.dtype(dtype).name,
-                                                  "n_texts": len(lengths),
-                                                  "n_tokens": int(offsets[-1])})
-        tmp.rename(out_dir)  # the folder appears complete or not at all
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    lengths, n_tokens = array("q"), 0  # one length per text
+    bar = tqdm(total=total, desc="tokenising", unit="text")
+    with open(tmp / "tokens.bin", "wb") as f, bar:
+        for ids in _encoded(iter(texts), tokenizer):
+            sizes = [len(head) + len(x) + 1 for x in ids]
+            lengths.extend(sizes)
+            np.fromiter(itertools.chain.from_iterable((*head, *x, eos) for x in ids),
+                        dtype=dtype, count=sum(sizes)).tofile(f)
+            n_tokens += sum(sizes)
+            bar.update(len(ids))
+            rate = n_tokens / max(bar.format_dict["elapsed"], 1e-9)
+            bar.set_postfix(tokens=f"{n_tokens:,}", per_s=f"{rate:,.0f}", refresh=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    np.save(tmp / "offsets.npy", offsets)
+    write_json_atomic(tmp / "manifest.json", {**meta, "dtype": np.dtype(dtype).name,
+                                              "n_texts": len(lengths),
+                                              "n_tokens": int(offsets[-1])})
 
 
 def load_tokens(token_dir: Path) -> TokenArrays:

@@ -34,9 +34,10 @@ class Tracker:
     def table(self, name: str, rows: list[dict[str, Any]]) -> None:
         import wandb
 
-        columns = list(rows[0]) if rows else []
+        # Every row's keys: rag's rows carry the chunks retrieved, mc's and cot's do not.
+        columns = list(dict.fromkeys(key for row in rows for key in row))
         self.run.log({name: wandb.Table(columns=columns,
-                                        data=[[row[c] for c in columns] for row in rows])})
+                                        data=[[row.get(c) for c in columns] for row in rows])})
 
     def finish(self, failed: bool) -> None:
         self.run.finish(exit_code=1 if failed else 0)

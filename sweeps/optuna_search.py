@@ -4,7 +4,9 @@ under --multirun, launches the workers.
 
 Each trial is a training run in `<sweep.dir>/trials/<number>` whose config is the worker's with
 the trial's params (named by config keys) set; its value is the validation QA accuracy, and the
-intermediate validation evaluations (eval.every_steps) feed the pruner. Workers share the study
+intermediate validation evaluations (eval.every_steps) feed the pruner. With
+sweep.optuna.trial=eval a trial instead evaluates `checkpoint` into that folder under its params
+(e.g. the open-book settings of space=paper_rag), unpruned. Workers share the study
 through its storage and stop at the global cap, sweep.optuna.n_trials.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ MAX_FAILURES_IN_A_ROW = 3
 
 def check_objective(cfg: DictConfig) -> None:
     """The objective must be validation accuracy, and a pruner needs intermediate evaluations."""
+    if cfg.sweep.optuna.trial == "eval":
+        check_evaluation_objective(cfg)
+        return
     if cfg.trainer.dry_run:
         raise ConfigError("config: trainer.dry_run=true costs runs known in advance (a run or a "
                           "grid); a search's trials are not: cost a grid over the space's "
@@ -41,6 +46,20 @@ def check_objective(cfg: DictConfig) -> None:
         raise ConfigError(f"config: sweep.optuna.pruner={cfg.sweep.optuna.pruner} prunes on "
                           f"evaluations during training; set eval.every_steps > 0 or "
                           f"sweep.optuna.pruner=none")
+
+
+def check_evaluation_objective(cfg: DictConfig) -> None:
+    """Trials that score a model: which model, on the validation split, nothing to prune on."""
+    spec = cfg.sweep.optuna
+    if not cfg.checkpoint:
+        raise ConfigError("config: sweep.optuna.trial=eval scores checkpoint in each trial; set "
+                          "checkpoint=<model folder>")
+    if cfg.eval.split != "validation":
+        raise ConfigError(f"config: eval.split={cfg.eval.split}: a search maximises validation "
+                          f"accuracy; set eval.split=validation")
+    if spec.pruner != "none":
+        raise ConfigError(f"config: sweep.optuna.pruner={spec.pruner}, but an evaluation trial "
+                          f"has no intermediate results to prune on; set sweep.optuna.pruner=none")
 
 
 def make_pruner(spec) -> optuna.pruners.BasePruner:
@@ -77,7 +96,7 @@ def trial_config(cfg: DictConfig, trial: optuna.Trial, params: dict) -> DictConf
     frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
     number = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
     run_dir = Path(cfg.sweep.dir) / "trials" / f"{trial.number if number is None else number:04d}"
-    point = in_sweep_group(with_overrides(cfg, {**params, "command": "train",
+    point = in_sweep_group(with_overrides(cfg, {**params, "command": cfg.sweep.optuna.trial,
                                                 "run_dir": str(run_dir)}, "sweep.space"))
     validate(point)
     return point
@@ -113,6 +132,7 @@ class PruneOnEval:
 
 def objective(cfg: DictConfig, space: dict, started: list[int]):
     """The trial function; it appends each trial's number to `started` (this worker's trials)."""
+    from entigraph.commands import eval as evaluate
     from entigraph.sweeps.runs import run_point
     from entigraph.training import remove_checkpoint
 
@@ -121,7 +141,8 @@ def objective(cfg: DictConfig, space: dict, started: list[int]):
         point = trial_config(cfg, trial, suggest(trial, space))
         trial.set_user_attr("run_dir", point.run_dir)
         try:
-            record = run_point(point, PruneOnEval(cfg, trial))
+            record = evaluate(point) if point.command == "eval" else \
+                run_point(point, PruneOnEval(cfg, trial))
         except Exception:  # pruned or failed for good (a retry is a new trial): never resumed
             remove_checkpoint(point.run_dir)
             raise
@@ -149,7 +170,8 @@ def run_worker(cfg: DictConfig) -> dict:
     check_objective(cfg)
     space = search_space(cfg)  # every key and range checked before the storage is touched
     study = open_study(cfg)  # first: an unreachable storage is refused before any generation
-    ensure_corpora(search_points(cfg, command_line()))
+    if cfg.sweep.optuna.trial == "train":
+        ensure_corpora(search_points(cfg, command_line()))
     cap, worker, failures, started = cfg.sweep.optuna.n_trials, cfg.sweep.worker, 0, []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

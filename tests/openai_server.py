@@ -1,8 +1,10 @@
 """A local OpenAI-compatible chat server for tests and benchmarks (127.0.0.1 only).
 
-Serves GET /v1/models and POST /v1/chat/completions with an injectable fixed latency, an
-injectable failure schedule and a scripted responder, and counts what it saw (requests, the
-most requests in flight at once, responses per status). aiohttp serves hundreds of concurrent
+Serves GET /v1/models, POST /v1/chat/completions, POST /v1/embeddings (deterministic vectors:
+hashed bags of words) and a Cohere-style POST /v1/rerank (the share of the query's words in
+each document) with an injectable fixed latency, an injectable failure schedule and a scripted
+responder, and counts what it saw (requests, per path too, the most requests in flight at once,
+responses per status). aiohttp serves hundreds of concurrent
 slow requests from one thread, so the server itself is not what a concurrency test measures.
 
 In-process (its own event loop on a background thread):
@@ -38,6 +40,8 @@ HOST = "127.0.0.1"  # never reachable from outside the machine
 MAX_BODY_BYTES = 16 * 1024 * 1024  # long documents fit; anything larger is refused (413)
 SHUTDOWN_TIMEOUT_S = 1.0  # stop() does not wait for slow in-flight requests to finish
 _CAPITALISED = re.compile(r"\b[A-Z][a-zA-Z]+\b")
+_WORD = re.compile(r"\w+")
+EMBEDDING_DIMENSIONS = 64  # when a request does not ask for `dimensions`
 
 
 @dataclass
@@ -49,7 +53,7 @@ class Fault:
     message: str = "injected failure"
 
 
-# hook(n, body) -> Fault or None; n counts chat requests from 1.
+# hook(n, body) -> Fault or None; n counts POST requests (chat, embeddings, rerank) from 1.
 Hook = Callable[[int, dict], Optional[Fault]]
 
 # What OpenAI answers a model without structured outputs (gpt-4-turbo) asked for a JSON schema.
@@ -93,6 +97,26 @@ def count_words(body: dict) -> int:
         text = str(message.get("content") or "").strip()
         total += text.count(" ") + text.count("\n") + 1 if text else 0
     return total
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased words of four letters or more: a crude stop list, so that the vectors and
+    scores below follow what a text is about rather than its "the" and "of"."""
+    return [w for w in _WORD.findall(text.lower()) if len(w) >= 4]
+
+
+def bag_of_words_vector(text: str, dimensions: int) -> list[float]:
+    """Word counts hashed into `dimensions` buckets (not normalised: clients normalise)."""
+    vector = [0.0] * dimensions
+    for word in content_words(text):
+        vector[zlib.crc32(word.encode()) % dimensions] += 1.0
+    return vector
+
+
+def overlap_score(query: str, document: str) -> float:
+    """The share of the query's distinct content words found in the document."""
+    wanted = set(content_words(query))
+    return len(wanted & set(content_words(document))) / len(wanted) if wanted else 0.0
 
 
 def error_body(status: int, message: str) -> dict:
@@ -154,7 +178,8 @@ class Stats:
 
     def reset(self) -> None:
         with self._lock:
-            self.requests = 0  # chat requests seen
+            self.requests = 0  # POST requests seen (chat, embeddings, rerank)
+            self.paths: Counter[str] = Counter()  # the same, per path
             self.models_requests = 0
             self.in_flight = 0
             self.max_in_flight = 0
@@ -162,9 +187,10 @@ class Stats:
             self.received: deque[dict] = deque(maxlen=self._max_recorded)  # bodies, newest last
             self.headers: deque[dict] = deque(maxlen=self._max_recorded)
 
-    def begin(self, body: dict, headers: dict) -> int:
+    def begin(self, path: str, body: dict, headers: dict) -> int:
         with self._lock:
             self.requests += 1
+            self.paths[path] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             self.received.append(body)
@@ -178,7 +204,8 @@ class Stats:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"requests": self.requests, "models_requests": self.models_requests,
+            return {"requests": self.requests, "paths": dict(self.paths),
+                    "models_requests": self.models_requests,
                     "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
                     "status_counts": {str(k): v for k, v in self.status_counts.items()}}
 
@@ -231,11 +258,17 @@ class OpenAIServer:
     def received(self) -> list[dict]:
         return list(self.stats.received)
 
+    def requests_to(self, path: str) -> int:
+        """POST requests seen on `path`, e.g. "/v1/embeddings"."""
+        return self.stats.paths[path]
+
     # ---- HTTP handlers
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/rerank", self._rerank)
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/stats/reset", self._reset)
         return app
@@ -281,20 +314,33 @@ class OpenAIServer:
         return None
 
     async def _chat(self, request: web.Request) -> web.Response:
+        return await self._post(request, self._completion)
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        return await self._post(request, self._embedding_list)
+
+    async def _rerank(self, request: web.Request) -> web.Response:
+        return await self._post(request, self._ranking)
+
+    async def _post(self, request: web.Request,
+                    reply: Callable[[int, dict], dict]) -> web.Response:
+        """Any POST endpoint: counted, then answered by `reply(n, body)` unless a fault, the
+        key check or the rate limit answers first."""
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):
             return web.json_response(error_body(400, "body is not JSON"), status=400)
-        n = self.stats.begin(body, dict(request.headers))
+        n = self.stats.begin(request.path, body, dict(request.headers))
         status: Optional[int] = None
         try:
-            response = await self._answer(request, n, body)
+            response = await self._answer(request, n, body, reply)
             status = response.status
             return response
         finally:
             self.stats.end(status)  # status None: cancelled because the client hung up
 
-    async def _answer(self, request: web.Request, n: int, body: dict) -> web.Response:
+    async def _answer(self, request: web.Request, n: int, body: dict,
+                      reply: Callable[[int, dict], dict]) -> web.Response:
         denied = self._auth_error(request)
         if denied is not None:
             return denied
@@ -304,7 +350,7 @@ class OpenAIServer:
         if fault is not None and fault.status is not None:
             return web.json_response(error_body(fault.status, fault.message),
                                      status=fault.status, headers=fault.headers)
-        completion, headers = self._completion(n, body), {}
+        completion, headers = reply(n, body), {}
         if self.rate_limit is not None:
             usage = completion.get("usage") or {}
             admitted, headers = self.rate_limit.admit(usage.get("total_tokens", 0))
@@ -327,6 +373,29 @@ class OpenAIServer:
             reply["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
                               "total_tokens": prompt + completion}
         return reply
+
+    def _embedding_list(self, n: int, body: dict) -> dict:
+        """OpenAI's embeddings reply; the items in reverse order, each with its `index`, as a
+        server may send them."""
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        data = [{"object": "embedding", "index": i,
+                 "embedding": bag_of_words_vector(text, dimensions)}
+                for i, text in enumerate(texts)]
+        words = sum(len(_WORD.findall(text)) for text in texts)
+        return {"object": "list", "model": body.get("model", self.model), "data": data[::-1],
+                "usage": {"prompt_tokens": words, "total_tokens": words}}
+
+    def _ranking(self, n: int, body: dict) -> dict:
+        """The Cohere v2 / vLLM / Jina rerank reply: results best first, top_n of them."""
+        documents = body["documents"]
+        scores = [overlap_score(body["query"], document) for document in documents]
+        order = sorted(range(len(documents)), key=lambda i: -scores[i])
+        top = order[:body.get("top_n") or len(documents)]
+        words = sum(len(_WORD.findall(text)) for text in [body["query"], *documents])
+        return {"id": f"rerank-{n}", "model": body.get("model", self.model),
+                "results": [{"index": i, "relevance_score": scores[i]} for i in top],
+                "usage": {"total_tokens": words}}
 
     # ---- lifecycle
     async def _start_site(self) -> None:
