@@ -154,6 +154,8 @@ def test_a_comparison_is_mirrored_to_wandb_with_a_line_plot(analyze_cfg, tmp_pat
         method_run(runs, "raw", tokens, 0.25)
     write_report(analyze_cfg(runs, "out", "slice_by=[method]", "wandb.project=entigraph-test",
                              "wandb.group=methods"))
+    import wandb
+    wandb.teardown()  # wandb-core writes the offline log in the background; this waits for it
     (run_dir,) = glob.glob(str(tmp_path / "out" / "wandb" / "offline-run-*"))
     tables = {Path(t).name.split("_")[0]: json.loads(Path(t).read_text()) for t in
               glob.glob(f"{run_dir}/files/media/table/analysis/*.table.json")}

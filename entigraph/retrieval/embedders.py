@@ -69,13 +69,13 @@ class VllmEmbedder(Embedder):
 class OpenAIEmbedder(Embedder):
     """POST {base_url}/embeddings, batch_size texts a request, max_in_flight at once."""
 
-    def _embed(self, texts: list[str], desc: str) -> list[list[float]]:
+    def _embed(self, texts: list[str], desc: str) -> np.ndarray:
         size = int(self.cfg.batch_size)
         bodies = [self._body(texts[i:i + size]) for i in range(0, len(texts), size)]
         batches = post_each(self.cfg, KEY, "/embeddings", bodies, _embeddings, desc=desc,
                             units=lambda body: len(body["input"]))
         self.requests += len(bodies)
-        return [vector for batch in batches for vector in batch]
+        return np.concatenate(batches)
 
     def _body(self, texts: list[str]) -> dict:
         body = {"model": self.cfg.model, "input": texts, "encoding_format": "float"}
@@ -84,13 +84,16 @@ class OpenAIEmbedder(Embedder):
         return body
 
 
-def _embeddings(body: dict, reply: dict) -> tuple[list[list[float]], int]:
-    """A reply's vectors in the order of the texts sent (by their `index`), and its tokens."""
+def _embeddings(body: dict, reply: dict) -> tuple[np.ndarray, int]:
+    """A reply's vectors in the order of the texts sent (by their `index`), as float32 rows at
+    once (Python floats would take ~8x the memory: 1.1 GB for the paper's 8.5k chunks at 3,072
+    dimensions), and its tokens."""
     data = sorted(reply.get("data") or [], key=lambda item: item["index"])
     if len(data) != len(body["input"]):
         raise EntigraphError(f"{KEY}: the server answered {len(data)} embeddings for "
                              f"{len(body['input'])} texts; check {KEY}.base_url")
-    return [item["embedding"] for item in data], (reply.get("usage") or {}).get("total_tokens", 0)
+    return (np.asarray([item["embedding"] for item in data], dtype=np.float32),
+            (reply.get("usage") or {}).get("total_tokens", 0))
 
 
 BACKENDS = {"sentence_transformers": SentenceTransformerEmbedder, "openai": OpenAIEmbedder,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+SHUTDOWN_S = 60.0  # how long vLLM's engine core may take to exit before it is killed
+
 
 def sentence_transformer(folder: str):
     from sentence_transformers import SentenceTransformer
@@ -31,4 +33,7 @@ def vllm_pooling_engine(service_cfg: Any):
 def stop_vllm(llm: Any) -> None:
     """Stop the engine now: its engine core is a child process that otherwise lives until the
     interpreter exits."""
-    llm.llm_engine.engine_core.shutdown()
+    # vLLM's default grace is 5 s, after which it SIGKILLs the engine core mid-teardown and
+    # leaves it unreaped (a zombie); on a busy CPU its teardown (waiting for its worker to
+    # exit) takes longer. With more time the engine core exits by itself and vLLM joins it.
+    llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_S)

@@ -2,8 +2,9 @@
 /rerank endpoint, vLLM's score API in-process, or a sentence-transformers cross-encoder.
 
 Scores are cached in rerank/<backend>-<model>-<key>.jsonl under the cache folder (one file
-per reranker and index), keyed by the query's text and the candidates' ids: a sweep over
-top_k, order or temperature with the same questions calls the reranker once.
+per reranker and index), keyed by the query's text and the set of the candidates' ids, each
+score by its chunk id: a sweep over top_k, order or temperature with the same questions calls
+the reranker once.
 """
 from __future__ import annotations
 
@@ -113,18 +114,24 @@ def rerank(queries: list[str], found: list[Ranking], chunks: Sequence[Chunk],
     identity = model_identity(reranker_cfg)
     store = KeyedStore(Path(cache_dir) / RERANK / f"{cache_name(identity, index_name)}.jsonl",
                        "reranking these questions")
-    keys = [digest(q, *(chunks[n].id for n, _ in ranking)) for q, ranking in zip(queries, found)]
+    # Keyed by the candidates as a set: near-tied ones may come back in another order when
+    # other questions share the index search (FAISS sums differ in the last bits).
+    keys = [digest(q, *sorted(chunks[n].id for n, _ in ranking))
+            for q, ranking in zip(queries, found)]
     asked = dict(zip(keys, zip(queries, found)))
     reranker = BACKENDS[reranker_cfg.backend](reranker_cfg)
 
-    def score(missing: list[str]) -> list[list[float]]:
+    def score(missing: list[str]) -> list[dict[str, float]]:
+        """Each missing key's scores by chunk id."""
         try:
-            return reranker.score([asked[key][0] for key in missing],
-                                  [[chunks[n].text for n, _ in asked[key][1]] for key in missing])
+            ids = [[chunks[n].id for n, _ in asked[key][1]] for key in missing]
+            values = reranker.score([asked[key][0] for key in missing],
+                                    [[chunks[n].text for n, _ in asked[key][1]] for key in missing])
+            return [dict(zip(*pair)) for pair in zip(ids, values)]
         finally:
             reranker.close()
 
     scores, computed = store.values(keys, score)
-    ranked = [sorted(zip((n for n, _ in ranking), values), key=lambda pair: -pair[1])
-              for ranking, values in zip(found, scores)]
+    ranked = [sorted(((n, by_id[chunks[n].id]) for n, _ in ranking), key=lambda pair: -pair[1])
+              for ranking, by_id in zip(found, scores)]
     return ranked, {"rerank_requests": reranker.requests, "reranked_queries": computed}

@@ -65,7 +65,18 @@ def post_each(service_cfg: Any, config_key: str, path: str, bodies: Sequence[dic
         return result
 
     async def work(service) -> list[T]:
-        return await _gather_or_cancel(one(service, n, body) for n, body in enumerate(bodies))
+        # max_in_flight workers, not a task a body: thousands of tasks waiting for a slot would
+        # all wake at each freed one (client CPU growing with the square of the requests).
+        results: list[T] = [None] * len(bodies)  # type: ignore[list-item]
+        pending = enumerate(bodies)  # one iterator shared by the workers (one thread)
+
+        async def worker() -> None:
+            for n, body in pending:
+                results[n] = await one(service, n, body)
+
+        workers = min(int(service_cfg.max_in_flight), len(bodies))
+        await _gather_or_cancel(worker() for _ in range(workers))
+        return results
 
     with bar:
         return _call_service(service_cfg, config_key, work, models_listed=models_listed)
