@@ -250,11 +250,11 @@ def _make_lm(model, tokenizer, backend: str, batch_size: int, vllm_args: dict):
 
 
 def _release(lm) -> None:
-    """Stop a vLLM engine now: its engine core is a child process that otherwise lives until
-    the interpreter exits (and complains then)."""
-    engine = getattr(getattr(lm, "model", None), "llm_engine", None)
-    if engine is not None:
-        engine.engine_core.shutdown()
+    """Stop a vLLM engine now (lm-eval's vLLM wrapper holds it in `model`)."""
+    from entigraph.vllm_backend import stop_engine
+
+    if getattr(getattr(lm, "model", None), "llm_engine", None) is not None:
+        stop_engine(lm.model)
 
 
 def check_model(model, tokenizer) -> None:

@@ -27,6 +27,7 @@ from entigraph.llm import ChatRequest, ChatResult, GeneratorError, resolve_struc
 # Output cap for a request that sets no max_tokens (the engine needs one; vLLM's own default is
 # 16). Lowered further when the prompt leaves less room in the context (max_model_len).
 DEFAULT_MAX_TOKENS = 1024
+ENGINE_SHUTDOWN_S = 60.0  # how long an in-process engine core may take to exit (stop_engine)
 
 # The chat template for a model whose tokenizer has none (base models, the tiny test models):
 # "System: ...\n\nUser: ...\n\nAssistant:", after BOS when the tokenizer has one. A Jinja
@@ -272,6 +273,15 @@ class VLLMBackend:
             # Dropped here, while the interpreter is whole: AsyncLLM.__del__ calls shutdown()
             # again, which fails noisily when it only runs at interpreter exit.
             del engine
+
+
+def stop_engine(llm: Any) -> None:
+    """Stop a `vllm.LLM`'s engine now: its engine core is a child process that otherwise lives
+    until the interpreter exits (and complains then)."""
+    # vLLM's default grace is 5 s, after which it SIGKILLs the engine core mid-teardown and
+    # leaves it unreaped (a zombie); on a busy CPU its teardown (waiting for its worker to
+    # exit) takes longer. With more time the engine core exits by itself and vLLM joins it.
+    llm.llm_engine.engine_core.shutdown(timeout=ENGINE_SHUTDOWN_S)
 
 
 # --- vLLM's command line -----------------------------------------------------------------------

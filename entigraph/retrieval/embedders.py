@@ -10,6 +10,7 @@ import numpy as np
 
 from entigraph.errors import EntigraphError
 from entigraph.retrieval import local_models
+from entigraph.vllm_backend import stop_engine
 from entigraph.retrieval.service import PROGRESS_MIN, post_each
 
 KEY = "eval.rag.retriever"
@@ -62,7 +63,7 @@ class VllmEmbedder(Embedder):
 
     def close(self) -> None:
         if self._model is not None:
-            local_models.stop_vllm(self._model)
+            stop_engine(self._model)
             self._model = None
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-SHUTDOWN_S = 60.0  # how long vLLM's engine core may take to exit before it is killed
-
 
 def sentence_transformer(folder: str):
     from sentence_transformers import SentenceTransformer
@@ -28,12 +26,3 @@ def vllm_pooling_engine(service_cfg: Any):
     import vllm
 
     return vllm.LLM(model=service_cfg.model, runner="pooling", **dict(service_cfg.vllm_args))
-
-
-def stop_vllm(llm: Any) -> None:
-    """Stop the engine now: its engine core is a child process that otherwise lives until the
-    interpreter exits."""
-    # vLLM's default grace is 5 s, after which it SIGKILLs the engine core mid-teardown and
-    # leaves it unreaped (a zombie); on a busy CPU its teardown (waiting for its worker to
-    # exit) takes longer. With more time the engine core exits by itself and vLLM joins it.
-    llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_S)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from entigraph.errors import EntigraphError
 from entigraph.retrieval import local_models
+from entigraph.vllm_backend import stop_engine
 from entigraph.retrieval.chunks import Chunk
 from entigraph.retrieval.service import PROGRESS_MIN, post_each
 from entigraph.retrieval.store import KeyedStore, cache_name, digest, model_identity
@@ -73,7 +74,7 @@ class VllmReranker(Reranker):
 
     def close(self) -> None:
         if self._model is not None:
-            local_models.stop_vllm(self._model)
+            stop_engine(self._model)
             self._model = None
 
 
