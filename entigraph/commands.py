@@ -138,15 +138,14 @@ def train(cfg: DictConfig, on_eval: Optional[Callable[[int, float], None]] = Non
     check_replay(cfg.data)
     questions = eval_questions(cfg, cfg.eval.split) if cfg.eval.after_training else []
     curve = eval_questions(cfg, "validation") if cfg.eval.every_steps else []
-    # A completed run of another config is refused before any wait; the launched processes
-    # take the lock themselves.
-    if not completed_record(cfg) and launches(cfg):
-        return train_launched(cfg, on_eval)
-    with run_lock(cfg.run_dir):
+    completed_record(cfg)  # a completed run of another config is refused before any wait
+    with run_lock(cfg.run_dir):  # held for the launched processes too (they take none)
         previous = completed_record(cfg)  # perhaps by the process this one waited for
         if previous:
             print(f"{cfg.run_dir}: already completed; skipping")
             return {**previous, "skipped": True}
+        if launches(cfg):
+            return train_launched(cfg, on_eval)
         return _train_run(cfg, questions, curve, on_eval)
 
 

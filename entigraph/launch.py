@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from entigraph.errors import ConfigError, EntigraphError
 from entigraph.records import read_record
+from entigraph.run_identity import LOCK_HELD
 
 PR_SET_PDEATHSIG = 1  # Linux prctl: the signal a process gets when its parent dies
 ACCELERATE = "--accelerate"  # `python -m entigraph.launch --accelerate ...`: the launcher
@@ -82,7 +83,8 @@ def train_launched(cfg: DictConfig, on_eval: Optional[Callable[[int, float], Non
         command = [sys.executable, "-m", "entigraph.launch", ACCELERATE,
                    *accelerate_arguments(launch), "-m", "entigraph.launch", str(spec)]
         print(f"{cfg.run_dir}: training on {launch.processes} processes", flush=True)
-        code = subprocess.run(command).returncode
+        held = {**os.environ, LOCK_HELD: str(Path(cfg.run_dir).resolve())}  # by this process
+        code = subprocess.run(command, env=held).returncode
     record = read_record(cfg.run_dir) or {}
     if code == 0 and record.get("status") in ("completed", "pruned"):
         return record

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -91,11 +92,17 @@ def completed_record(cfg: DictConfig) -> Optional[dict]:
     return record
 
 
+# Set in the processes of a launched run (entigraph/launch.py) to their run folder: the command
+# that launched them holds its lock.
+LOCK_HELD = "ENTIGRAPH_RUN_LOCK_HELD"
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold the run folder's lock (main process only: the other processes of a multi-process
-    launch train the same run with it); wait, saying so, while another process holds it."""
-    if not is_main_process():
+    launch train the same run with it); wait, saying so, while another process holds it. The
+    processes of a launched run take none: their launching command holds it for them."""
+    if not is_main_process() or os.environ.get(LOCK_HELD) == str(Path(run_dir).resolve()):
         yield
         return
     with file_lock(Path(run_dir) / LOCK,

@@ -28,10 +28,14 @@ def train(root, run_dir, *extra, wait=True):
                      cwd=root, wait=wait)
 
 
-def test_two_commands_of_one_run_train_it_once(generated_root, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_two_commands_of_one_run_train_it_once(generated_root, tmp_path, processes):
+    """Started together, one trains and the other waits, then skips; a run launched on two
+    processes is locked by its launching command, for all its processes."""
     run_dir = tmp_path / "run"
     procs = [subprocess.Popen([sys.executable, "-m", "entigraph", "train",
-                               f"paths.root={generated_root}", f"run_dir={run_dir}", *SMALL],
+                               f"paths.root={generated_root}", f"run_dir={run_dir}", *SMALL,
+                               f"trainer.launch.processes={processes}"],
                               cwd=generated_root, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
              for _ in range(2)]
@@ -40,6 +44,7 @@ def test_two_commands_of_one_run_train_it_once(generated_root, tmp_path):
     assert sum("already completed; skipping" in out for out in outputs) == 1
     record = record_of(run_dir)
     assert record["status"] == "completed" and len(record["attempts"]) == 1
+    assert record["derived"]["devices"] == processes
 
     # A completed run's folder never takes a run of another config.
     before = (run_dir / "record.json").read_text()
