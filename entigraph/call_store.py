@@ -137,6 +137,11 @@ class CallStore:
     def _line(self, record: tuple) -> dict:
         return json.loads(os.pread(self._data.fileno(), record[2], record[1]))
 
+    @property
+    def size(self) -> int:
+        """Bytes of durable, whole lines: grows with every event appended."""
+        return self._size
+
     def __contains__(self, key: str) -> bool:
         return _digest(key) in self._rows
 

@@ -2,17 +2,19 @@
 
 A corpus folder holds `calls.jsonl` with its index `calls.idx` (every generator call, durably;
 call_store.py), `corpus.jsonl` (one synthetic text a line) and `manifest.json`, written last: a
-corpus is complete, and is identified, by its manifest. Training reads a corpus through this
-module alone, so it never depends on how the corpus was made.
+corpus is complete, and is identified, by its manifest, which records the sha256 of the texts
+beside it. Training reads a corpus through this module alone, so it never depends on how the
+corpus was made.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from entigraph.errors import CorpusError
+from entigraph.records import write_lines_atomic
 
 CORPUS = "corpus.jsonl"
 MANIFEST = "manifest.json"
@@ -24,10 +26,35 @@ def read_manifest(corpus_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def manifest_digest(corpus_dir: Path) -> str | None:
-    """What identifies a corpus: the sha256 of its manifest (None while it has none)."""
+def corpus_digest(corpus_dir: Path) -> str | None:
+    """What identifies a corpus (None while it has no manifest): the sha256 of its texts, as
+    its manifest records it, so a manifest rewritten over the same texts (other prices, another
+    token counter) keeps every run and token cache made from them. A manifest written before it
+    recorded that is identified by its own sha256."""
     path = Path(corpus_dir) / MANIFEST
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    if not path.exists():
+        return None
+    raw = path.read_bytes()
+    return json.loads(raw).get("corpus_sha256") or hashlib.sha256(raw).hexdigest()
+
+
+def write_texts(corpus_dir: Path, items: Iterable[dict]) -> tuple[int, str]:
+    """Write `corpus.jsonl` from `items` as they come, atomically; (texts written, their
+    sha256). The manifest goes first: it describes the texts beside it, so until a new one is
+    written the folder reads as unfinished."""
+    (Path(corpus_dir) / MANIFEST).unlink(missing_ok=True)
+    digest, count = hashlib.sha256(), 0
+
+    def lines() -> Iterator[str]:
+        nonlocal count
+        for item in items:
+            line = json.dumps(item) + "\n"
+            digest.update(line.encode())
+            count += 1
+            yield line
+
+    write_lines_atomic(Path(corpus_dir) / CORPUS, lines())
+    return count, digest.hexdigest()
 
 
 def require_complete(corpus_dir: Path) -> None:

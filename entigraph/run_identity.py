@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from entigraph.cache_folders import file_lock
-from entigraph.corpus_folder import manifest_digest
+from entigraph.corpus_folder import corpus_digest
 from entigraph.errors import ConfigError
 from entigraph.records import CONFIG, is_main_process, read_record
 
@@ -47,10 +47,10 @@ def run_key(config: dict) -> dict:
 
 
 def config_hash(config: dict) -> str:
-    """A short hash of a resolved config's run key and of the corpus it trains on (its
-    manifest's digest, once it exists): in the run folder's name, so runs that differ in
+    """A short hash of a resolved config's run key and of the corpus it trains on (its texts'
+    sha256, once its manifest exists): in the run folder's name, so runs that differ in
     anything that changes a result, a regenerated corpus included, never share a folder."""
-    corpus = manifest_digest(config["data"]["corpus_dir"]) if "data" in config else None
+    corpus = corpus_digest(config["data"]["corpus_dir"]) if "data" in config else None
     text = json.dumps([run_key(config), corpus], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
 
@@ -84,8 +84,10 @@ def completed_record(cfg: DictConfig) -> Optional[dict]:
         key = _first_difference(run_key(saved), wanted)
         raise ConfigError(f"{cfg.run_dir} holds a completed run of another config (it differs at "
                           f"{key}); remove that folder or set run_name to a new name")
-    trained_on = record.get("derived", {}).get("corpus_manifest_sha256")
-    if trained_on and trained_on != manifest_digest(cfg.data.corpus_dir):
+    derived = record.get("derived", {})
+    # corpus_manifest_sha256: a record written before the manifest recorded its texts' sha256.
+    trained_on = derived.get("corpus_sha256") or derived.get("corpus_manifest_sha256")
+    if trained_on and trained_on != corpus_digest(cfg.data.corpus_dir):
         raise ConfigError(f"{cfg.run_dir} holds a completed run on an earlier version of the "
                           f"corpus at {cfg.data.corpus_dir} (regenerated since); remove that "
                           f"folder or set run_name to a new name")

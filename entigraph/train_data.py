@@ -26,7 +26,7 @@ import numpy as np
 
 from entigraph.errors import ConfigError, CorpusError
 from entigraph.models import tokenizer_fingerprint
-from entigraph.corpus_folder import iter_texts, manifest_digest, read_manifest, require_complete
+from entigraph.corpus_folder import corpus_digest, iter_texts, read_manifest, require_complete
 from entigraph.token_data import (TokenStream, cache_key, framing, replay_block_count,
                                   sample_replay_blocks, select_budget, tokenize_once)
 
@@ -102,12 +102,13 @@ class TrainingBlocks:
 def synthetic_tokens(data_cfg, tokenizer, cache_root: Path):
     corpus_dir = Path(data_cfg.corpus_dir)
     require_complete(corpus_dir)
-    digest = manifest_digest(corpus_dir)
+    digest = corpus_digest(corpus_dir)
     fingerprint = tokenizer_fingerprint(tokenizer)
     key = cache_key(digest, fingerprint, framing(tokenizer))
+    # "corpus-": caches keyed by the texts' sha256 (before, "synthetic-": by the manifest's).
     return tokenize_once(lambda: iter_texts(corpus_dir), tokenizer,
-                         Path(cache_root) / f"synthetic-{key}",
-                         {"corpus_manifest_sha256": digest, "tokenizer": fingerprint},
+                         Path(cache_root) / f"corpus-{key}",
+                         {"corpus_sha256": digest, "tokenizer": fingerprint},
                          total=read_manifest(corpus_dir)["totals"]["texts"])
 
 
@@ -196,7 +197,7 @@ def build_training_blocks(data_cfg, tokenizer, cache_root: Path, seed: int, epoc
     data = TrainingBlocks(stream, replay, bs, n_syn, added, ratio if replace else 0.0, seed)
     unique = min(len(stream), syn.n_tokens)
     data.derived = {
-        "corpus_manifest_sha256": manifest_digest(data_cfg.corpus_dir),
+        "corpus_sha256": corpus_digest(data_cfg.corpus_dir),
         "corpus_tokens_available": syn.n_tokens,
         "synthetic_tokens_selected": len(stream),
         # A budget beyond the corpus holds all of it (the first pass takes every text whole).

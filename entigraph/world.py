@@ -17,13 +17,12 @@ model brings to it is the skill of answering, and the facts must come from the s
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from entigraph.corpus import Document, Question
-from entigraph.corpus_folder import CORPUS, MANIFEST, read_manifest
-from entigraph.records import write_json_atomic, write_lines_atomic
+from entigraph.corpus_folder import MANIFEST, read_manifest, write_texts
+from entigraph.records import write_json_atomic
 
 ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "st",
           "t", "th", "v", "w", "z"]
@@ -137,10 +136,11 @@ def write_pretraining_corpus(folder: Path, seed: int, people: int) -> None:
     if read_manifest(folder) is not None:
         return
     texts = pretraining_texts(seed, people)
-    write_lines_atomic(Path(folder) / CORPUS, (json.dumps({"id": str(i), "text": text}) + "\n"
-                                               for i, text in enumerate(texts)))
+    _, corpus_sha256 = write_texts(folder, ({"id": str(i), "text": text}
+                                            for i, text in enumerate(texts)))
     write_json_atomic(Path(folder) / MANIFEST, {
         "status": "complete", "kind": "demo base-model pretraining world",
+        "corpus_sha256": corpus_sha256,
         "world": {"seed": seed, "people": people},
         # Characters / 4, the generator's own estimate; the trainer counts real tokens.
         "totals": {"texts": len(texts), "synthetic_tokens": sum(len(t) for t in texts) // 4}})

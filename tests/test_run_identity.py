@@ -112,7 +112,7 @@ def test_a_kill_during_evaluation_evaluates_again_without_training_again(generat
 
 
 def test_a_regenerated_corpus_is_another_run(tmp_path):
-    """The corpus is identified by its manifest: regenerated (same folder, other texts), its
+    """The corpus is identified by its texts: regenerated (same folder, other texts), its
     runs get folders of their own, and a completed run on the old texts is never reused."""
     def train_smoke(*extra):
         return entigraph("train", f"paths.root={tmp_path}", "experiment=smoke",
@@ -123,6 +123,11 @@ def test_a_regenerated_corpus_is_another_run(tmp_path):
     first = train_smoke()
     assert first.returncode == 0, first.stderr[-2000:]
     (old_run,) = [p.parent for p in tmp_path.rglob("record.json")]
+    # Its manifest rewritten over the same texts (another price), the corpus is the same one.
+    repriced = entigraph("generate", f"paths.root={tmp_path}", "generator.price_input_per_mtok=2",
+                         cwd=tmp_path)
+    assert repriced.returncode == 0, repriced.stderr[-2000:]
+    assert "already completed" in train_smoke().stdout
     regenerated = entigraph("generate", f"paths.root={tmp_path}", "synthesis.max_triples=3",
                             cwd=tmp_path)
     assert regenerated.returncode == 0, regenerated.stderr[-2000:]

@@ -9,7 +9,7 @@ from entigraph.errors import CorpusError
 from entigraph.generation import estimate, generate_corpus
 from entigraph.offline_generator import analyze_relations, extract_entities
 from entigraph.prompts import ENTIGRAPH_V1, ENTIGRAPH_V2, PROMPT_SETS
-from entigraph.corpus_folder import read_corpus
+from entigraph.corpus_folder import corpus_digest, read_corpus
 from entigraph.synthesis import (entity_tuples, nth_combination, parse_extraction, relation_calls,
                                  round_robin)
 
@@ -149,6 +149,29 @@ def test_generate_writes_corpus_manifest_and_call_store(compose, tmp_path):
     calls_before = (out / "calls.jsonl").read_text()
     assert generate_corpus([DOC, DOC2], cfg) == manifest  # a rerun makes no call
     assert (out / "calls.jsonl").read_text() == calls_before
+
+
+def test_a_rerun_with_nothing_new_leaves_the_corpus_as_it_was(compose, tmp_path, capsys):
+    """At the paper's size rewriting the corpus and counting its tokens takes minutes: a rerun
+    with nothing new leaves both files alone. A rewrite over the same texts (another price)
+    keeps the corpus's identity; other texts change it."""
+    cfg = corpus_config(compose, tmp_path)
+    out = Path(cfg.synthesis.output_dir)
+    manifest = generate_corpus([DOC, DOC2], cfg)
+    written = [(out / name).stat() for name in ("corpus.jsonl", "manifest.json")]
+    identity = corpus_digest(out)
+    assert generate_corpus([DOC, DOC2], cfg) == manifest
+    assert "nothing new since its manifest" in capsys.readouterr().out
+    assert [(out / name).stat() for name in ("corpus.jsonl", "manifest.json")] == written
+
+    repriced = generate_corpus([DOC, DOC2], corpus_config(compose, tmp_path,
+                                                          "generator.price_input_per_mtok=3"))
+    assert repriced["prices_per_mtok"]["input"] == 3 and repriced["inputs_sha256"] != \
+        manifest["inputs_sha256"]
+    assert (out / "corpus.jsonl").stat().st_ino != written[0].st_ino  # written again
+    assert corpus_digest(out) == identity == repriced["corpus_sha256"]
+    generate_corpus([DOC, DOC2], corpus_config(compose, tmp_path, "synthesis.max_triples=3"))
+    assert corpus_digest(out) != identity
 
 
 def test_budget_stops_generation_and_covers_every_document(compose, tmp_path):
