@@ -19,6 +19,7 @@ from entigraph.records import write_lines_atomic
 CORPUS = "corpus.jsonl"
 MANIFEST = "manifest.json"
 CALLS = "calls.jsonl"
+PROMPTS = "prompts.json"  # the fingerprint of each prompt set whose calls the store holds
 
 
 def read_manifest(corpus_dir: Path) -> dict | None:

@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 
 from entigraph.call_store import CallStore
 from entigraph.corpus import Document
-from entigraph.corpus_folder import CALLS, CORPUS, MANIFEST, read_manifest, write_texts
+from entigraph.corpus_folder import CALLS, CORPUS, MANIFEST, PROMPTS, read_manifest, write_texts
 from entigraph.engine import Budget, Engine, Prices
-from entigraph.errors import CorpusError
+from entigraph.errors import ConfigError, CorpusError
 from entigraph.llm import rejects_response_format, resolve_structured_output
 from entigraph.prompts import PROMPT_SETS, PromptSet
 from entigraph.records import write_json_atomic
@@ -97,6 +97,7 @@ async def _synthesize(docs: list[Document], cfg) -> dict:
             await backend.preflight()
         with CallStore(out / CALLS) as store:
             _remove_torn_writes(out)  # the store's lock is ours: no other writer is at work
+            check_prompt_set(out, prompts)
             if gen.backend == "batch" and ingest_batch_results(store, gen.batch_results) \
                     and structured == "json_schema":
                 structured = "json_object"
@@ -114,6 +115,21 @@ async def _synthesize(docs: list[Document], cfg) -> dict:
     finally:
         if backend is not None:
             await backend.aclose()
+
+
+def check_prompt_set(out: Path, prompts: PromptSet) -> None:
+    """Stored calls are keyed by the prompt set's name, not its words: a set whose wording or
+    schema changed since its calls were stored (a new release, a local edit) would be served
+    replies to the old prompts. Refused; a set new to the folder is recorded."""
+    path = out / PROMPTS
+    known = json.loads(path.read_text()) if path.exists() else {}
+    fingerprint = prompts.fingerprint()
+    if known.get(prompts.name, fingerprint) != fingerprint:
+        raise ConfigError(f"config: synthesis.prompt_set={prompts.name} has changed wording since "
+                          f"its calls were stored in {out}; give the changed set a new name, or "
+                          f"set synthesis.output_dir to a new folder")
+    if prompts.name not in known:
+        write_json_atomic(path, {**known, prompts.name: fingerprint})
 
 
 def _remove_torn_writes(out: Path) -> None:

@@ -1,6 +1,7 @@
 """Versioned prompt sets: the words sent to the generator, in our own phrasing of the paper's
 structure (design brief §1). A corpus records the name of the set that made it; change a prompt
-and you must give the set a new name, so stored calls and corpora never mix two wordings.
+and you must give the set a new name, so stored calls and corpora never mix two wordings (a
+corpus folder records each set's fingerprint and refuses a set whose wording changed).
 
 - `entigraph-v2` (the default) follows the official code's semantics: exhaustive extraction,
   relation prompts that rephrase the article's content once per entity and then discuss how the
@@ -12,6 +13,8 @@ and you must give the set a new name, so stored calls and corpora never mix two 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -69,6 +72,16 @@ class PromptSet:
     def rephrase_messages(self, doc: Document, style: str) -> tuple[dict, ...]:
         return ({"role": "system", "content": self.rephrase_styles[style]},
                 {"role": "user", "content": self.document_block(doc)})
+
+    def fingerprint(self) -> str:
+        """A digest of every message this set sends and of the extraction schema, rendered for
+        a probe document: it changes with any wording, template or entity-list rule."""
+        probe = Document("probe", "Title", "Author", 1900, "Text.")
+        sent = [self.extraction_messages(probe), EXTRACTION_SCHEMA,
+                *(self.relation_messages(probe, entities) for entities in (("A", "B"),
+                                                                          ("A", "B", "C"))),
+                *(self.rephrase_messages(probe, style) for style in sorted(self.rephrase_styles))]
+        return hashlib.sha256(json.dumps(sent, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _V1_RELATION = (

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from entigraph.corpus import Document
-from entigraph.errors import CorpusError
+from entigraph.errors import ConfigError, CorpusError
 from entigraph.generation import estimate, generate_corpus
 from entigraph.offline_generator import analyze_relations, extract_entities
 from entigraph.prompts import ENTIGRAPH_V1, ENTIGRAPH_V2, PROMPT_SETS
@@ -172,6 +172,29 @@ def test_a_rerun_with_nothing_new_leaves_the_corpus_as_it_was(compose, tmp_path,
     assert corpus_digest(out) == identity == repriced["corpus_sha256"]
     generate_corpus([DOC, DOC2], corpus_config(compose, tmp_path, "synthesis.max_triples=3"))
     assert corpus_digest(out) != identity
+
+
+def test_a_prompt_set_whose_wording_changed_is_refused_on_its_stored_calls(compose, tmp_path,
+                                                                         monkeypatch):
+    """Calls are keyed by the prompt set's name: the same name with other words (or another
+    extraction schema) would be served the replies to the old prompts."""
+    import dataclasses
+
+    cfg = corpus_config(compose, tmp_path)
+    generate_corpus([DOC], cfg)
+    out = Path(cfg.synthesis.output_dir)
+    assert json.loads((out / "prompts.json").read_text()) == {
+        "entigraph-v2": ENTIGRAPH_V2.fingerprint()}
+    calls = (out / "calls.jsonl").read_bytes()
+    reworded = dataclasses.replace(ENTIGRAPH_V2, extraction_system="List the entities.")
+    monkeypatch.setitem(PROMPT_SETS, "entigraph-v2", reworded)
+    with pytest.raises(ConfigError, match="synthesis.prompt_set=entigraph-v2 has changed wording"):
+        generate_corpus([DOC], cfg)
+    assert (out / "calls.jsonl").read_bytes() == calls
+    monkeypatch.setitem(PROMPT_SETS, "entigraph-v2", ENTIGRAPH_V2)
+    monkeypatch.setattr("entigraph.prompts.EXTRACTION_SCHEMA", {"type": "object"})
+    assert ENTIGRAPH_V2.fingerprint() != json.loads((out / "prompts.json").read_text())[
+        "entigraph-v2"]
 
 
 def test_budget_stops_generation_and_covers_every_document(compose, tmp_path):
