@@ -24,8 +24,9 @@ USAGE = "usage: entigraph <command> [key=value ...] [--cfg job] [--help]\n\ncomm
 
 
 def _run(command: str, cfg):
-    """Validate, then run; a user-fixable problem becomes one line on stderr and exit code 2.
-    One job of a --multirun sweep instead returns how it ended, so the sweep goes on."""
+    """Validate, then run; a user-fixable problem becomes one line on stderr and exit code 2
+    (1 for a sweep some of whose jobs failed). One job of a --multirun sweep instead returns
+    how it ended, so the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -35,13 +36,17 @@ def _run(command: str, cfg):
     from entigraph import commands
     from entigraph.config import validate
     from entigraph.errors import EntigraphError
+    from entigraph.sweeps.grid import in_agent_sweep
+
+    if command == "train":  # a W&B agent runs `entigraph train` once per run of its sweep
+        in_agent_sweep(cfg)
 
     try:
         validate(cfg)
         _function(commands, command)(cfg)
     except EntigraphError as err:
         print(f"entigraph {command}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code)
 
 
 def _function(commands, command: str):

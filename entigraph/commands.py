@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
 from entigraph.corpus import load_corpus, reference_split
-from entigraph.errors import ConfigError
+from entigraph.errors import ConfigError, SweepIncomplete
 from entigraph.records import is_main_process, read_record, run_record, write_atomic
 
 log = logging.getLogger(__name__)
@@ -258,10 +257,9 @@ def sweep(cfg: DictConfig) -> list[dict]:
           + (f"; failed: {', '.join(failed)}" if failed else ""))
     if dry := dry_run_total(records):
         print(dry)
-    if failed:  # after every other run: the exit code says the sweep is not whole
-        print(f"entigraph {cfg.command}: error: {len(failed)} of {len(points)} runs failed "
-              f"(each one's error is in its record); rerun to retry them", file=sys.stderr)
-        sys.exit(1)
+    if failed:  # after every other run: the exit code (1) says the sweep is not whole
+        raise SweepIncomplete(len(failed), f"{len(points)} runs", "its record",
+                              "rerun to retry them")
     return records
 
 

@@ -16,7 +16,8 @@ from entigraph.tiny_model import (TOKENIZER_REVISION, build_tiny_model, tiny_con
 def check_pretrained(model_cfg) -> None:
     """Refuse, before any work, a model.pretrained that cannot load: a folder that does not
     exist or holds no config.json (one `entigraph build-model` makes: naming that command), or
-    a hub id missing from the local cache while the hub is offline (HF_HUB_OFFLINE)."""
+    a hub id missing from the local cache while the hub is offline (HF_HUB_OFFLINE) or, online,
+    one the hub does not have, will not let this user read, or cannot be reached."""
     name = model_cfg.pretrained
     if not name:
         return
@@ -33,10 +34,49 @@ def check_pretrained(model_cfg) -> None:
                           f"id (<org>/<name>); set model.pretrained to one")
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return  # cached: it loads without the hub
+    if constants.HF_HUB_OFFLINE:
         raise ConfigError(f"config: model.pretrained={name} is not in the Hugging Face cache and "
                           f"HF_HUB_OFFLINE is set; download it where a network is (`hf download "
                           f"{name}`) or set model.pretrained to a local folder")
+    check_hub_access(name)
+
+
+def check_hub_access(name: str) -> None:
+    """Ask the hub whether it has model `name` and lets this user (token or none) read it.
+    model_info takes a timeout (auth_check has none: a silent hub would hang the run); a gated
+    model's info is public, so for one auth_check asks whether this user was granted access."""
+    import httpx2  # huggingface_hub's HTTP library: its network errors
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    api = HfApi()
+    try:
+        if api.model_info(name, timeout=constants.HF_HUB_ETAG_TIMEOUT).gated:
+            api.auth_check(name)
+    except GatedRepoError:
+        raise ConfigError(f"config: model.pretrained={name} is gated and this user has no access "
+                          f"to it; request access at {constants.ENDPOINT}/{name} and log in with "
+                          f"`hf auth login` (or set HF_TOKEN) as the account granted it") from None
+    except RepositoryNotFoundError:
+        raise ConfigError(f"config: model.pretrained={name} is not a model on the Hugging Face "
+                          f"Hub ({constants.ENDPOINT}), or is private; correct the id, or log in "
+                          f"with `hf auth login` as an account that can read it") from None
+    except HfHubHTTPError as err:  # e.g. a rejected token, a server error
+        raise ConfigError(f"config: model.pretrained={name} could not be checked: the Hub "
+                          f"({constants.ENDPOINT}) answered {_first_line(err)}; log in again "
+                          f"(`hf auth login`) if it names your token, else retry later or set "
+                          f"model.pretrained to a local folder") from None
+    except httpx2.TransportError as err:
+        raise ConfigError(f"config: model.pretrained={name} is not in the Hugging Face cache and "
+                          f"the Hub ({constants.ENDPOINT}) cannot be reached ({_first_line(err)}); "
+                          f"retry on a network that reaches it, or set model.pretrained to a "
+                          f"local folder") from None
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def load_tokenizer(model_cfg, corpus_dir: Path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
@@ -23,15 +24,24 @@ def with_overrides(cfg: DictConfig, overrides: dict, source: str = "sweep.grid")
     return point
 
 
-def in_sweep_group(point: DictConfig) -> DictConfig:
-    """`point` with its W&B group the sweep's name, unless tracker.group was chosen, and tagged
-    `sweep:<name>`: a sweep's runs are grouped in W&B however they were launched."""
+def in_sweep_group(point: DictConfig, sweep: str | None = None) -> DictConfig:
+    """`point` with its W&B group the sweep's name (`sweep`, else sweep.name), unless
+    tracker.group was chosen, and tagged `sweep:<name>`: a sweep's runs are grouped in W&B
+    however they were launched."""
+    sweep = sweep or point.sweep.name
     with open_dict(point):
-        point.tracker.group = point.tracker.group or point.sweep.name
-        tag = f"sweep:{point.sweep.name}"
+        point.tracker.group = point.tracker.group or sweep
+        tag = f"sweep:{sweep}"
         if tag not in point.tracker.tags:
             point.tracker.tags.append(tag)
     return point
+
+
+def in_agent_sweep(cfg: DictConfig) -> DictConfig:
+    """In a run that `wandb agent` started (it sets WANDB_SWEEP_ID), `cfg` grouped and tagged
+    by that W&B sweep's id, as grid and search runs are by their sweep's name."""
+    sweep_id = os.environ.get("WANDB_SWEEP_ID")
+    return in_sweep_group(cfg, sweep_id) if sweep_id else cfg
 
 
 def grid_points(cfg: DictConfig, grid) -> list[DictConfig]:

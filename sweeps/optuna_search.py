@@ -18,7 +18,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from entigraph.errors import ConfigError
+from entigraph.errors import ConfigError, SweepIncomplete
 from entigraph.records import write_json_atomic
 from entigraph.sweeps.space import search_space, suggest
 from entigraph.sweeps.storage import open_storage, shown
@@ -173,6 +173,7 @@ def run_worker(cfg: DictConfig) -> dict:
     if cfg.sweep.optuna.trial == "train":
         ensure_corpora(search_points(cfg, command_line()))
     cap, worker, failures, started = cfg.sweep.optuna.n_trials, cfg.sweep.worker, 0, []
+    taken_over: set[int] = set()  # this worker's trials another worker failed and retries
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         while failures < MAX_FAILURES_IN_A_ROW:
@@ -188,6 +189,7 @@ def run_worker(cfg: DictConfig) -> dict:
                     raise
                 print(f"[search {cfg.sweep.name} worker {worker}] trial {started[-1]} was failed "
                       f"by another worker (no heartbeat within grace_s) and is retried", flush=True)
+                taken_over.add(started[-1])
                 continue
             failures = failures + 1 if state_of(study, started[-1]) == TrialState.FAIL else 0
             summary = write_summary(study, cfg)
@@ -196,7 +198,13 @@ def run_worker(cfg: DictConfig) -> dict:
     if failures:
         raise ConfigError(f"search {cfg.sweep.name}: {failures} trials in a row failed; see "
                           f"the error in their record.json under {Path(cfg.sweep.dir) / 'trials'}")
-    return {"status": "completed", **write_summary(study, cfg)}
+    summary = write_summary(study, cfg)
+    failed = [n for n in started if n not in taken_over and state_of(study, n) == TrialState.FAIL]
+    if failed:  # the study went on past them; the exit code says this worker's share is not whole
+        raise SweepIncomplete(len(failed), f"this worker's {len(started)} trials",
+                              f"its record.json under {Path(cfg.sweep.dir) / 'trials'}",
+                              "the study went on with new trials in their place")
+    return {"status": "completed", **summary}
 
 
 def _trial_row(trial: optuna.trial.FrozenTrial) -> dict:

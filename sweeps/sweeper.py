@@ -20,7 +20,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.plugins import Plugins
 from omegaconf import OmegaConf, open_dict
 
-from entigraph.errors import ConfigError, EntigraphError
+from entigraph.errors import ConfigError, EntigraphError, SweepIncomplete
 from entigraph.records import write_json_atomic
 
 # A train job's run folder lies in the sweep folder, so the sweep folder holds every run.
@@ -41,6 +41,10 @@ def grid_overrides(grid: dict) -> list[str]:
 
 
 class EntigraphSweeper(BasicSweeper):
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.task_function = task_function  # for a launcher of our own (_cost_here)
+
     def sweep(self, arguments: list[str]) -> Any:
         try:
             extra = grid_overrides(OmegaConf.to_container(self.config.sweep.grid))
@@ -67,10 +71,31 @@ class EntigraphSweeper(BasicSweeper):
                 with open_dict(cfg):
                     del cfg["hydra"]
                 validate(cfg)
+                if cfg.command == "search":  # its objective too (e.g. no dry run of a search)
+                    from entigraph.sweeps.optuna_search import check_objective
+
+                    check_objective(cfg)
                 jobs.append((cfg, list(overrides)))
         except Exception as err:  # composition (unknown key, bad grammar) or validation
             self._refuse(f"{' '.join(overrides)}: {err}".splitlines()[0])
         self._ensure_corpora(jobs)
+        if all(cfg.command == "train" and cfg.trainer.dry_run for cfg, _ in jobs):
+            self._cost_here(len(jobs))
+
+    def _cost_here(self, n_jobs: int) -> None:
+        """A dry run only prints a plan, so its jobs run here, one after another, whatever
+        `launcher=` says: nothing is submitted to SLURM and no worker process is started (the
+        launcher's settings, e.g. slurm's 8 processes a job, are still in the jobs' configs)."""
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+        if isinstance(self.launcher, BasicLauncher):
+            return
+        launcher = self.config.hydra.runtime.choices.get("launcher")
+        print(f"dry run: costing the {n_jobs} jobs here; launcher={launcher} submits and starts "
+              f"nothing")
+        self.launcher = BasicLauncher()
+        self.launcher.setup(hydra_context=self.hydra_context, task_function=self.task_function,
+                            config=self.config)
 
     def _ensure_corpora(self, jobs: list) -> None:
         from entigraph.sweeps.corpora import ensure_corpora, search_points
@@ -88,7 +113,7 @@ class EntigraphSweeper(BasicSweeper):
 
     def _refuse(self, err: Any) -> None:
         print(f"entigraph {self.config.command}: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(err.exit_code if isinstance(err, EntigraphError) else 2)
 
     def _summarise(self, jobs: list) -> None:
         from entigraph.dry_run import total as dry_run_total
@@ -107,10 +132,9 @@ class EntigraphSweeper(BasicSweeper):
         if dry := dry_run_total([job.return_value for job in jobs]):
             print(dry)
         if failed:  # every other job has run: now the exit code says the sweep is not whole
-            print(f"entigraph {self.config.command}: error: {len(failed)} of {len(rows)} jobs "
-                  f"failed (each one's error is in its record and in {path}); rerun the same "
-                  f"command to retry them", file=sys.stderr)
-            sys.exit(1)
+            self._refuse(SweepIncomplete(len(failed), f"{len(rows)} jobs",
+                                         f"its record and in {path}",
+                                         "rerun the same command to retry them"))
 
 
 def _summary_of(result: Any) -> dict:

@@ -37,6 +37,25 @@ def test_a_grid_of_8b_runs_is_costed_before_any_corpus_or_weights_exist(tmp_path
     assert not list(tmp_path.rglob("record.json")) and not list(tmp_path.rglob("tokens"))
 
 
+def test_a_dry_run_grid_is_costed_here_whatever_the_launcher(tmp_path):
+    """launcher=slurm would submit the jobs through submitit (no srun or sbatch here: it fails)
+    and launcher=joblib would start workers (n_jobs=0: joblib refuses): a dry run uses neither."""
+    grid = ["trainer.dry_run=true", "data.synthetic_tokens=2048,4096",
+            "trainer.micro_batch_size=1", f"paths.root={tmp_path}/out"]
+    for launcher, devices in (["launcher=slurm"], 8), (["launcher=joblib",
+                                                        "hydra.launcher.n_jobs=0"], 1):
+        out = entigraph("train", "--multirun", *grid, *launcher, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-2000:]
+        lines = out.stdout.splitlines()
+        assert f"dry run: costing the 2 jobs here; {launcher[0]} submits and starts nothing" \
+            in lines
+        plans = [line for line in lines if line.endswith("checkpoints")]
+        # The launcher's settings still hold: slurm trains a job on its node's 8 GPUs.
+        assert len(plans) == 2 and all(f" on {devices} devices " in p for p in plans), plans
+        assert lines[-1] == "dry run: 2 runs, 4 steps, 12,288 tokens, 0.0 GPU-hours in all"
+    assert not list(tmp_path.rglob(".submitit")) and not list(tmp_path.rglob("record.json"))
+
+
 @pytest.mark.slow
 def test_a_dry_run_counts_the_steps_a_run_takes(generated_root, tmp_path):
     args = ["experiment=smoke", "data.synthetic_tokens=4096", "trainer.batch_size=4",

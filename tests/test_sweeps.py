@@ -238,6 +238,41 @@ def test_hyperband_prunes_on_the_validation_curve(generated_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_search_with_failed_trials_finishes_then_exits_1(generated_root, tmp_path):
+    """Trials that fail (a budget beyond the corpus) between trials that complete: the worker
+    runs until the cap of completed trials, then says on stderr how many failed, exit code 1."""
+    from optuna.trial import TrialState
+
+    import optuna
+
+    from entigraph.sweeps.storage import HeartbeatJournalStorage
+
+    runs = tmp_path / "runs"
+    journal = runs / "sweeps" / "f" / "study.journal"
+    journal.parent.mkdir(parents=True)
+    queued = optuna.create_study(study_name="f", direction="maximize",
+                                 storage=HeartbeatJournalStorage(str(journal), 1, 10, None))
+    for tokens in (99999999, 1024, 99999999, 2048):
+        queued.enqueue_trial({"optim.lr": 1e-3, "seed": 0, "data.synthetic_tokens": tokens})
+    out = entigraph("search", *SEARCH, f"paths.root={generated_root}", f"paths.runs={runs}",
+                    "sweep.name=f", "sweep.optuna.n_trials=2", "sweep.optuna.pruner=none",
+                    "eval.every_steps=0",
+                    "+sweep.space={data.synthetic_tokens: 'choice(1024, 2048, 99999999)'}",
+                    cwd=tmp_path)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "entigraph search: error: 2 of this worker's 4 trials failed"), out.stderr[-3000:]
+    trials = study(journal, "f").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE] * 2, \
+        describe(trials)
+    for trial in trials:  # every trial ran: the failed ones' errors are in their records
+        run = json.loads((Path(trial.user_attrs["run_dir"]) / "record.json").read_text())
+        assert run["status"] == ("failed" if trial.state == TrialState.FAIL else "completed")
+    summary = json.loads((runs / "sweeps" / "f" / "summary.json").read_text())
+    assert summary["trials"] == {"complete": 2, "fail": 2}
+
+
+@pytest.mark.slow
 def test_a_worker_whose_trial_another_worker_failed_goes_on(generated_root, tmp_path):
     """A live worker whose heartbeat came late finds its trial failed as stale by another
     worker: it says so and goes on to the next trial instead of crashing."""
@@ -318,6 +353,33 @@ def agent_command(sweep_file: Path, params: dict) -> list[str]:
     return command
 
 
+def test_a_wandb_agent_run_is_grouped_and_tagged_by_its_sweep_as_a_grid_run_is(
+        compose, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from entigraph.records import run_record
+    from entigraph.sweeps.grid import in_agent_sweep, in_sweep_group
+
+    def group_and_tags(cfg):
+        return cfg.tracker.group, list(cfg.tracker.tags)
+
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    assert group_and_tags(in_agent_sweep(compose("train"))) == (None, [])  # not in an agent
+    grid = in_sweep_group(compose("train", ["sweep.name=sw1"]))
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sw1")  # what `wandb agent` sets in each run
+    assert group_and_tags(in_agent_sweep(compose("train"))) == group_and_tags(grid) \
+        == ("sw1", ["sweep:sw1"])
+    chosen = in_agent_sweep(compose("train", ["tracker.group=mine", "tracker.tags=[a]"]))
+    assert group_and_tags(chosen) == ("mine", ["a", "sweep:sw1"])
+    # The W&B run itself (offline) gets them.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    cfg = in_agent_sweep(compose("train", ["tracker.mode=auto"]))
+    with run_record(tmp_path / "run", "train", OmegaConf.to_container(cfg), cfg.tracker) as record:
+        assert record.tracker.run.group == "sw1"
+        assert "sweep:sw1" in record.tracker.run.tags
+
+
 @pytest.mark.slow
 def test_wandb_sweep_files_launch_the_hydra_job_in_a_folder_per_run_id(generated_root, tmp_path):
     for sweep_file in SWEEPS.glob("wandb_*.yaml"):
@@ -334,3 +396,6 @@ def test_wandb_sweep_files_launch_the_hydra_job_in_a_folder_per_run_id(generated
     assert out.returncode == 0, out.stderr[-3000:]
     run = json.loads((tmp_path / "wandb" / "sw1" / "run7" / "record.json").read_text())
     assert run["status"] == "completed" and run["derived"]["synthetic_tokens_selected"] == 1024
+    tracker = yaml.safe_load((tmp_path / "wandb" / "sw1" / "run7" / "config.yaml").read_text())[
+        "tracker"]
+    assert tracker["group"] == "sw1" and tracker["tags"] == ["sweep:sw1"]  # as W&B gets them
