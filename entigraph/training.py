@@ -21,6 +21,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from entigraph.accelerator import full_state_dict, make_accelerator, make_optimizer_state
 from entigraph.config import PEAK_FLOPS
 from entigraph.errors import ConfigError
 from entigraph.models import load_model, load_tokenizer
@@ -204,16 +205,12 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     probe(model, tokenizer, step, report), when given, runs every cfg.eval.every_steps steps in
     every process; the main process has report=True."""
     import torch
-    from accelerate import Accelerator
+    from accelerate.utils import DistributedType
     from transformers import get_scheduler
 
     run_dir = Path(cfg.run_dir)
     precision = resolve_precision(cfg.trainer.precision)
-    # The first accelerate object made sets up the processes: on a machine without an
-    # accelerator, cpu=True is what makes a torchrun launch one gloo group of N processes (not
-    # N lone runs). bf16 is autocast: weights, gradients and optimizer state stay fp32.
-    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no",
-                              cpu=not torch.accelerator.is_available())
+    accelerator = make_accelerator(precision)
     accum = gradient_accumulation(cfg.trainer, accelerator.num_processes)
     checkpoint = run_dir / CHECKPOINT
     state = (json.loads((checkpoint / "trainer_state.json").read_text())
@@ -242,6 +239,8 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     accelerator.register_for_checkpointing(scheduler)
     step, seen, loss_sum = 0, {"synthetic": 0, "replay": 0}, float("nan")
     if state:
+        if accelerator.distributed_type == DistributedType.FSDP:
+            make_optimizer_state(optimizer.optimizer)
         accelerator.load_state(str(checkpoint))
         step, seen, loss_sum = state["step"], state["seen"], state["loss"]
     record.resume_history(step)  # earlier attempts' curve up to where this one starts
@@ -314,10 +313,10 @@ def train(cfg, record: RunRecord, probe: Callable | None = None):
     # the bf16 autocast wrapper and with the model's own attention kernel.
     unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     unwrapped.set_attn_implementation(attention)
-    # get_state_dict gathers a sharded (FSDP) model; only the main process writes.
+    # The whole state dict, gathered from a sharded (FSDP) model; only the main process writes.
     unwrapped.save_pretrained(run_dir / "model", is_main_process=accelerator.is_main_process,
                               save_function=accelerator.save,
-                              state_dict=accelerator.get_state_dict(model))
+                              state_dict=full_state_dict(accelerator, model))
     if accelerator.is_main_process:
         tokenizer.save_pretrained(run_dir / "model")
     record.set_metrics(train_loss=loss_sum)
