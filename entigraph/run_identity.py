@@ -30,7 +30,10 @@ NOT_THE_RUN = ("command", "sweep", "tracker", "run_dir", "run_name", "preset", "
                "trainer.checkpoint_minutes", "trainer.dry_run", "trainer.estimate",
                # Repeating changes nothing a run without it could train: a budget within the
                # corpus reads the same blocks either way, one beyond it is refused without.
-               "data.repeat")
+               "data.repeat",
+               # How the corpus was made: a run trains on data.corpus_dir, identified by its
+               # texts (config_hash), whatever settings made them.
+               "synthesis", "generator")
 HASH_CHARS = 8
 
 

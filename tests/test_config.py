@@ -171,6 +171,9 @@ def test_run_folders_carry_a_hash_of_what_changes_the_result(compose):
     assert name("trainer.log_every=3", "trainer.checkpoint_every=7", "tracker.mode=disabled",
                 "trainer.launch.processes=2", "sweep.name=other",
                 "sweep.generate_corpora=none", "data.repeat=true") == base
+    # Nor how its corpus was made: the run trains on data.corpus_dir's texts, in the hash.
+    assert name("generator.max_in_flight=3", "synthesis.budget_dollars=5") == base
+    assert name("data.corpus_dir=elsewhere") != base
 
 
 def test_sweep_runs_are_grouped_and_tagged_by_sweep(compose):

@@ -2,12 +2,14 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from openai_server import OpenAIServer, default_responder, refuse_json_schema
@@ -79,6 +81,60 @@ def test_killed_generation_resumes_with_no_duplicate_and_no_missing_call(tmp_pat
     result = manifest(tmp_path)
     assert result["status"] == "complete" and result["totals"]["calls"] == expected
     assert result["generator"]["model"] == MODEL and result["prompt_set"] == "entigraph-v2"
+
+
+def uncommitted_bytes(folder: Path) -> int:
+    """Bytes of calls.jsonl past the last call its index records: a group commit under way
+    (lines written, index not yet), or a torn line."""
+    from entigraph.call_store import INDEX
+
+    data, index = folder / "calls.jsonl", folder / "calls.idx"
+    if not data.exists() or not index.exists() or index.stat().st_size < INDEX.itemsize:
+        return 0
+    with open(index, "rb") as f:
+        f.seek(index.stat().st_size // INDEX.itemsize * INDEX.itemsize - INDEX.itemsize)
+        last = np.frombuffer(f.read(INDEX.itemsize), INDEX)[0]
+    return data.stat().st_size - int(last["offset"]) - int(last["length"])
+
+
+def indexed_keys(folder: Path) -> list[str]:
+    """The keys of the calls the index records (the first lines of calls.jsonl)."""
+    from entigraph.call_store import INDEX
+
+    count = (folder / "calls.idx").stat().st_size // INDEX.itemsize
+    with open(folder / "calls.jsonl") as f:
+        return [json.loads(next(f))["key"] for _ in range(count)]
+
+
+def test_a_kill_during_a_group_commit_loses_and_duplicates_nothing(tmp_path):
+    """Killed while a batch of ~100 KB replies is being written and fsynced (seen from outside:
+    the data file ahead of its index), then rerun: every call indexed before the kill is kept
+    in place, none is made twice, none is missing."""
+    def big_replies(body: dict) -> str:
+        text = default_responder(body)
+        return text if body.get("response_format") else text + " filler" * 15_000
+
+    overrides = ("synthesis.max_entities=6", "synthesis.max_triples=5", "generator.max_in_flight=16")
+    expected, folder = 5 * (1 + 15 + 5), corpus_dir(tmp_path)
+    with OpenAIServer(responder=big_replies) as server:
+        for _ in range(5):  # the commit may end between the poll and the kill: start afresh
+            shutil.rmtree(folder, ignore_errors=True)
+            proc = generate(tmp_path, server, *overrides, wait=False)
+            while proc.poll() is None and not uncommitted_bytes(folder):
+                pass  # as fast as Python polls: the window is the commit's write and fsync
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            if uncommitted_bytes(folder):
+                break
+        else:
+            pytest.fail("no kill landed during a group commit in 5 tries")
+        indexed = indexed_keys(folder)
+        rerun = generate(tmp_path, server, *overrides)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+    keys = stored_keys(tmp_path)
+    assert len(keys) == len(set(keys)) == expected
+    assert 0 < len(indexed) < expected and keys[:len(indexed)] == indexed
+    assert manifest(tmp_path)["totals"]["calls"] == expected
 
 
 def test_a_changed_sampling_setting_never_serves_stored_replies(tmp_path):
