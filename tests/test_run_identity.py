@@ -1,6 +1,7 @@
 """One run folder, one run: concurrent commands, a changed config, and kills at any point,
 through `entigraph train` as a user runs it."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,9 +56,24 @@ def test_two_commands_of_one_run_train_it_once(generated_root, tmp_path, process
     assert (run_dir / "record.json").read_text() == before
 
 
-def test_kills_in_training_and_before_the_resume_point_lose_no_history(generated_root, tmp_path):
-    run_dir = tmp_path / "run"
-    first = train(generated_root, run_dir, wait=False)
+def test_kills_in_training_tokenising_and_before_the_resume_point_lose_no_history(
+        generated_root, tmp_path):
+    """Killed in training, as soon as the next attempt is recorded, and while the next one
+    tokenises its replay file: one history with no gap, every attempt listed, one W&B run."""
+    run_dir, tokens = tmp_path / "run", generated_root / "tokens"
+    replay = tmp_path / "replay.jsonl"  # ~20 MB: tokenising it takes seconds
+    words = [f"word{i}" for i in range(5000)]
+    replay.write_text("".join(json.dumps({"text": " ".join(words[(i * 7 + j) % 5000]
+                                                           for j in range(300))}) + "\n"
+                              for i in range(8000)))
+    args = [*(a for a in SMALL if not a.startswith("tracker.")), "tracker.mode=offline",
+            f"data.replay_path={replay}", "data.mixing_ratio=0.1"]
+
+    def attempt(wait=True):
+        return entigraph("train", f"paths.root={generated_root}", f"run_dir={run_dir}", *args,
+                         cwd=generated_root, wait=wait)
+
+    first = attempt(wait=False)
     deadline = time.monotonic() + 300
     state = run_dir / "checkpoint" / "trainer_state.json"
     while time.monotonic() < deadline and not (state.exists()
@@ -65,25 +81,42 @@ def test_kills_in_training_and_before_the_resume_point_lose_no_history(generated
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    logged = [h["step"] for h in record_of(run_dir)["history"]]
-    assert logged and logged[-1] >= 10
+    killed = record_of(run_dir)
+    logged = [h["step"] for h in killed["history"]]
+    assert logged and logged[-1] >= 10 and killed["wandb_run_id"]
 
     # Killed again as soon as its attempt is recorded: before it loads the model and knows
     # where it resumes. The first attempt's curve must survive.
-    second = train(generated_root, run_dir, wait=False)
+    second = attempt(wait=False)
     while time.monotonic() < deadline and len(record_of(run_dir).get("attempts", [])) < 2:
         time.sleep(0.01)
     second.send_signal(signal.SIGKILL)
     second.wait()
     assert [h["step"] for h in record_of(run_dir)["history"]][:len(logged)] == logged
 
-    third = train(generated_root, run_dir)
-    assert third.returncode == 0, third.stderr[-2000:]
+    # Killed while tokenising: the replay file's token cache is made again, into a temporary
+    # folder that the kill leaves behind.
+    for cache in tokens.glob("replay-*"):
+        shutil.rmtree(cache)
+    third = attempt(wait=False)
+    while time.monotonic() < deadline and third.poll() is None \
+            and not list(tokens.glob(".replay-*.tmp")):
+        time.sleep(0.01)
+    third.send_signal(signal.SIGKILL)
+    third.wait()
+    assert list(tokens.glob(".replay-*.tmp")) and not list(tokens.glob("replay-*")), \
+        "not killed while tokenising"
+    assert [h["step"] for h in record_of(run_dir)["history"]][:len(logged)] == logged
+
+    fourth = attempt()
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
     record = record_of(run_dir)
     assert record["status"] == "completed"
     assert [h["step"] for h in record["history"]] == list(range(1, record["derived"]["steps"] + 1))
-    assert [a["outcome"] for a in record["attempts"]] == ["interrupted", "interrupted", "completed"]
+    assert [a["outcome"] for a in record["attempts"]] == ["interrupted"] * 3 + ["completed"]
     assert record["started_at"] == record["attempts"][0]["started_at"]
+    assert record["wandb_run_id"] == killed["wandb_run_id"]
+    assert not list(tokens.glob(".replay-*.tmp"))  # the stale folder removed when remade
 
 
 def test_a_kill_during_evaluation_evaluates_again_without_training_again(generated_root,
