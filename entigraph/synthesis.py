@@ -92,28 +92,31 @@ class Plan:
     prompts: PromptSet
     generator: object  # GeneratorConfig
 
+    def __post_init__(self):
+        # Read once: a config lookup costs microseconds, and a resume plans a million keys.
+        g = self.generator
+        self._model, self._temperature, self._max_tokens = g.model, g.temperature, g.max_tokens
+        self._sampling = {"temperature": g.temperature, "max_tokens": g.max_tokens}
+        self._extraction = {**self._sampling, "structured_output": g.structured_output}
+
     def settings(self, kind: str) -> dict:
         """What changes a reply besides its prompt: sampling, and the extraction's output mode
         (as configured: the run's own fallback to JSON mode keeps the keys)."""
-        g = self.generator
-        settings = {"temperature": g.temperature, "max_tokens": g.max_tokens}
-        return {**settings, "structured_output": g.structured_output} \
-            if kind == "extraction" else settings
+        return self._extraction if kind == "extraction" else self._sampling
 
     def key(self, doc: Document, kind: str, entities=(), sample=0, style=None) -> str:
         """The call store key of a call."""
-        return call_key(self.prompts.name, self.generator.model, doc.uid,
+        return call_key(self.prompts.name, self._model, doc.uid,
                         kind if style is None else f"{kind}:{style}", tuple(entities), sample,
                         self.settings(kind))
 
     def call(self, doc: Document, kind: str, messages: Callable[[], tuple], entities=(),
              sample=0, style=None, schema=None) -> PlannedCall:
-        g = self.generator
         key = self.key(doc, kind, entities, sample, style)
         meta = {"doc": doc.uid, "kind": kind, "entities": list(entities), "sample": sample,
                 "style": style}
-        return PlannedCall(key, doc.uid, lambda: ChatRequest(key, messages(), g.temperature,
-                                                             g.max_tokens, schema, None, meta))
+        return PlannedCall(key, doc.uid, lambda: ChatRequest(key, messages(), self._temperature,
+                                                             self._max_tokens, schema, None, meta))
 
     def extraction(self, doc: Document, attempt: int) -> PlannedCall:
         return self.call(doc, "extraction", lambda: self.prompts.extraction_messages(doc),
