@@ -111,4 +111,4 @@ def _mirror(run_dir: str, saved: dict, record: dict, metrics: dict, rows: list[d
         for protocol in protocols:
             tracker.table(f"questions_{protocol}", [r for r in rows if r["protocol"] == protocol])
     finally:
-        tracker.finish(failed=False)
+        tracker.finish("completed")

@@ -145,9 +145,7 @@ class RunRecord:
             self.tracker.log(values, step)
 
     def finish(self, error: BaseException | None = None) -> None:
-        # A sweep's pruner stops a run by raising optuna.TrialPruned: that run did not fail.
-        pruned = type(error).__name__ == "TrialPruned"
-        self.data["status"] = "pruned" if pruned else "failed" if error else "completed"
+        self.data["status"] = _outcome(error)
         self.data["ended_at"] = utc_now()
         self.data["attempts"][-1].update(ended_at=self.data["ended_at"],
                                          outcome=self.data["status"],
@@ -159,7 +157,18 @@ class RunRecord:
             self.data["traceback"] = "".join(traceback.format_exception(error))[-4000:]
         self._save()
         if self.tracker:
-            self.tracker.finish(failed=error is not None)
+            self.tracker.finish(self.data["status"])
+
+
+def _outcome(error: BaseException | None) -> str:
+    """How an attempt ended. A sweep's pruner stops a run by raising optuna.TrialPruned: that
+    run did not fail. Ctrl-C, or a preemption signal that submitit turns into SystemExit as it
+    requeues a SLURM job, stops it: the next attempt resumes it."""
+    if error is None:
+        return "completed"
+    if type(error).__name__ == "TrialPruned":
+        return "pruned"
+    return "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
 
 
 @contextmanager

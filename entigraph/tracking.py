@@ -39,8 +39,12 @@ class Tracker:
         self.run.log({name: wandb.Table(columns=columns,
                                         data=[[row.get(c) for c in columns] for row in rows])})
 
-    def finish(self, failed: bool) -> None:
-        self.run.finish(exit_code=1 if failed else 0)
+    def finish(self, outcome: str) -> None:
+        """End this attempt's part of the W&B run; an interrupted one is marked preempting, so
+        W&B shows it as preempted (and a W&B sweep requeues it), not failed."""
+        if outcome == "interrupted":
+            self.run.mark_preempting()
+        self.run.finish(exit_code=0 if outcome in ("completed", "pruned") else 1)
 
 
 def run_tags(tracker_cfg, config: dict) -> list[str]:

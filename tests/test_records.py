@@ -38,11 +38,15 @@ def test_failed_run_is_finalised_with_its_error(tmp_path):
     assert data["metrics"] == {"partial": 1} and data["ended_at"]
 
 
-def test_interrupted_run_is_recorded_as_failed(tmp_path):
-    with pytest.raises(KeyboardInterrupt):
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, lambda: SystemExit(-1)])
+def test_a_run_stopped_by_ctrl_c_or_a_requeue_is_interrupted_not_failed(tmp_path, stop):
+    """Ctrl-C, or submitit's SystemExit as it requeues a preempted SLURM job: the next attempt
+    resumes the run, which did not fail."""
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
         with run_record(tmp_path, "train", {}):
-            raise KeyboardInterrupt
-    assert read_record(tmp_path)["status"] == "failed"
+            raise stop()
+    record = read_record(tmp_path)
+    assert record["status"] == "interrupted" and record["attempts"][-1]["outcome"] == "interrupted"
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
