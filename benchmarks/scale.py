@@ -8,10 +8,17 @@
    (32k vocabulary, trained here on the corpus's words): ours (token_data.tokenize_once,
    streaming batches into the memory-mapped token file) against `datasets` (load the JSON
    lines, `map` batched, the usual recipe).
+3. Rerunning `entigraph generate` with nothing new over a store of --rerun-calls finished
+   EntiGraph calls (default 200,000 over 265 articles, ~2.5 KB replies; written directly, keyed
+   as generation plans them): ours (the manifest says nothing changed: the corpus is left as it
+   is) against rewriting corpus.jsonl from the store and counting its tokens again with a real
+   BPE tokenizer, as every rerun did before (forced by removing `inputs_sha256` from the
+   manifest).
 
 Each measurement runs in a fresh process, which reports its wall time and peak resident memory.
 
-    .venv/bin/python benchmarks/scale.py [--calls N] [--tokens N] [--workdir DIR]
+    .venv/bin/python benchmarks/scale.py [--calls N] [--tokens N] [--rerun-calls N]
+                                         [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -141,6 +148,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=1_000_000, help="0: skip the store")
     parser.add_argument("--tokens", type=int, default=100_000_000, help="0: skip tokenising")
+    parser.add_argument("--rerun-calls", type=int, default=200_000,
+                        help="calls in the store of the rerun (0: skip it)")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="entigraph-scale-"))
@@ -150,6 +159,8 @@ def main() -> None:
             result = resume_store(work / "store" / "calls.jsonl", args.calls)
         if args.tokens:
             result += tokenise(work, args.tokens)
+        if args.rerun_calls:
+            result += rerun_generate(work / "generate", args.rerun_calls)
         print("RESULT " + " ".join(result))
     finally:
         if not args.workdir:
@@ -198,6 +209,98 @@ def tokenise(work: Path, tokens: int) -> list[str]:
             f"datasets_tokens_per_s={theirs['tokens'] / theirs['seconds']:.0f}",
             f"datasets_rss_mb={theirs['rss_mb']:.0f}",
             f"tokenize_speedup={theirs['seconds'] / mine['seconds']:.2f}"]
+
+
+
+# `entigraph generate` in a child process: its wall time and peak resident memory.
+GENERATE = """
+import resource, subprocess
+subprocess.run([sys.executable, "-m", "entigraph", "generate", *sys.argv[1:]], check=True,
+               stdout=subprocess.DEVNULL)
+extra = {"child_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+"""
+
+
+def articles_file(path: Path, docs: int) -> None:
+    """A QuALITY-format file of `docs` short made-up articles."""
+    with open(path, "w") as f:
+        for d in range(docs):
+            f.write(json.dumps({"article_id": f"a{d}", "set_unique_id": f"s{d}",
+                                "title": f"Article {d}", "author": "Writer, Ann", "year": "1958",
+                                "article": f"Ada{d} met Bram{d} at the harbour of Port{d}.",
+                                "questions": []}) + "\n")
+
+
+def prefill_store(args: list[str], calls: int, reply_texts: list[str]) -> None:
+    """The call store of a finished EntiGraph run, written directly: for every article its
+    extraction (20 entities) and its relation calls (190 pairs and as many triples as make up
+    `calls`), keyed as `entigraph generate` plans them, each reply one of `reply_texts`."""
+    import random
+
+    from hydra import compose, initialize_config_module
+
+    from entigraph.config import register_configs
+    from entigraph.corpus import load_corpus
+    from entigraph.corpus_folder import CALLS
+    from entigraph.prompts import PROMPT_SETS
+    from entigraph.synthesis import Plan, entity_tuples
+
+    register_configs()
+    with initialize_config_module("entigraph.conf"):
+        cfg = compose("generate", overrides=args)
+    docs = load_corpus(cfg.corpus, cfg.paths.cache)
+    plan, syn = Plan(PROMPT_SETS[cfg.synthesis.prompt_set], cfg.generator), cfg.synthesis
+    n = 0
+    with CallStore(Path(syn.output_dir) / CALLS) as store:
+        for doc in docs:
+            entities = [f"Person{doc.uid}x{i}" for i in range(20)]
+            extraction = json.dumps({"summary": f"About {doc.title}.", "entities": entities})
+            entries = [reply_entry(plan.extraction(doc, 0).key, ChatResult(extraction, 500, 80),
+                                   {})]
+            for tup in entity_tuples(entities, syn.max_triples,
+                                     random.Random(f"{syn.seed}:{doc.uid}")):
+                text = reply_texts[n % len(reply_texts)]
+                entries.append(reply_entry(plan.relation(doc, tup).key,
+                                           ChatResult(text, 1500, 700), {}))
+                n += 1
+            store.append_many(entries)
+
+
+def rerun_generate(work: Path, calls: int) -> list[str]:
+    """`entigraph generate` over a prefilled store: the first run writes the corpus and counts
+    its tokens; then a rerun with nothing new (ours) and one forced to rewrite and recount."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    docs = 265
+    articles_file(work / "articles.jsonl", docs)
+    build_corpus(work / "texts", calls // 100 * 400 // 5, seed=1)  # a pool of ~2.5 KB texts
+    train_bpe(work / "texts", work / "tokenizer")
+    with open(work / "texts" / "corpus.jsonl") as f:
+        pool = [json.loads(line)["text"] for line in f]
+    args = [f"paths.root={work}", "corpus=quality", f"corpus.path={work / 'articles.jsonl'}",
+            "synthesis.max_entities=20", f"synthesis.max_triples={max(1, calls // docs - 190)}",
+            f"model.pretrained={work / 'tokenizer'}"]
+    prefill_store(args, calls, pool)
+    first = measure(GENERATE, *args)
+    (folder,) = (work / "corpora").glob("*/*")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    totals = manifest["totals"]
+    assert totals["calls"] == docs * (1 + 190 + max(1, calls // docs - 190)), totals
+    print(f"corpus written from the store: {totals['calls']:,} calls, {totals['texts']:,} texts, "
+          f"{totals['synthetic_tokens']:,} tokens, "
+          f"{(folder / 'corpus.jsonl').stat().st_size / 1e9:.2f} GB in {first['seconds']:.0f} s",
+          flush=True)
+    ours = measure(GENERATE, *args)
+    del manifest["inputs_sha256"]  # as a manifest written before the check: rewritten
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    rewrite = measure(GENERATE, *args)
+    for name, row in (("nothing new (ours)", ours), ("rewrite and recount", rewrite)):
+        print(f"  rerun, {name:<19}: {row['seconds']:6.1f} s, peak RSS "
+              f"{row['child_rss_mb']:6,.0f} MB", flush=True)
+    return [f"rerun_calls={totals['calls']}", f"rerun_nothing_new_s={ours['seconds']:.2f}",
+            f"rerun_nothing_new_rss_mb={ours['child_rss_mb']:.0f}",
+            f"rerun_rewrite_s={rewrite['seconds']:.2f}",
+            f"rerun_speedup={rewrite['seconds'] / ours['seconds']:.1f}"]
 
 
 if __name__ == "__main__":
