@@ -47,7 +47,10 @@ def check_hub_access(name: str) -> None:
     """Ask the hub whether it has model `name` and lets this user (token or none) read it.
     model_info takes a timeout (auth_check has none: a silent hub would hang the run); a gated
     model's info is public, so for one auth_check asks whether this user was granted access."""
-    import httpx2  # huggingface_hub's HTTP library: its network errors
+    try:  # huggingface_hub's HTTP library, for its network errors: httpx2 from its 2.x
+        from httpx2 import TransportError
+    except ImportError:
+        from httpx import TransportError
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
@@ -68,7 +71,7 @@ def check_hub_access(name: str) -> None:
                           f"({constants.ENDPOINT}) answered {_first_line(err)}; log in again "
                           f"(`hf auth login`) if it names your token, else retry later or set "
                           f"model.pretrained to a local folder") from None
-    except httpx2.TransportError as err:
+    except TransportError as err:
         raise ConfigError(f"config: model.pretrained={name} is not in the Hugging Face cache and "
                           f"the Hub ({constants.ENDPOINT}) cannot be reached ({_first_line(err)}); "
                           f"retry on a network that reaches it, or set model.pretrained to a "
