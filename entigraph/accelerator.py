@@ -14,8 +14,8 @@ def make_accelerator(precision: str):
 
     Under FSDP (an accelerate config with distributed_type FSDP), checkpoints are always sharded
     (each process writes its own shard of the model and optimizer, nothing is gathered to rank
-    0), whatever the config's fsdp_state_dict_type; the final model is gathered whole by
-    get_state_dict. Without an accelerator, accelerate makes an FSDP launch a gloo group of
+    0), whatever the config's fsdp_state_dict_type; the final model is gathered whole
+    (full_state_dict). Without an accelerator, accelerate makes an FSDP launch a gloo group of
     plain data-parallel (DDP) processes (it picks FSDP on GPU-like devices only,
     AcceleratorState.__init__); torch's FSDP runs on CPU over gloo, so FSDP is set here."""
     import torch
