@@ -9,6 +9,7 @@ from pathlib import Path
 from entigraph.errors import ConfigError
 from entigraph.corpus_folder import iter_texts
 from entigraph.packaged_models import require_built
+from entigraph.records import is_main_process
 from entigraph.tiny_model import (TOKENIZER_REVISION, build_tiny_model, tiny_config,
                                   train_tokenizer)
 
@@ -40,7 +41,8 @@ def check_pretrained(model_cfg) -> None:
         raise ConfigError(f"config: model.pretrained={name} is not in the Hugging Face cache and "
                           f"HF_HUB_OFFLINE is set; download it where a network is (`hf download "
                           f"{name}`) or set model.pretrained to a local folder")
-    check_hub_access(name)
+    if is_main_process():  # one request a run: its other processes would only repeat it
+        check_hub_access(name)
 
 
 def check_hub_access(name: str) -> None:

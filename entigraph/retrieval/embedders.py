@@ -10,8 +10,8 @@ import numpy as np
 
 from entigraph.errors import EntigraphError
 from entigraph.retrieval import local_models
-from entigraph.vllm_backend import stop_engine
 from entigraph.retrieval.service import PROGRESS_MIN, post_each
+from entigraph.vllm_backend import stop_engine
 
 KEY = "eval.rag.retriever"
 

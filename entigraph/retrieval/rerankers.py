@@ -14,10 +14,10 @@ from typing import Any, Optional, Sequence
 
 from entigraph.errors import EntigraphError
 from entigraph.retrieval import local_models
-from entigraph.vllm_backend import stop_engine
 from entigraph.retrieval.chunks import Chunk
 from entigraph.retrieval.service import PROGRESS_MIN, post_each
 from entigraph.retrieval.store import KeyedStore, cache_name, digest, model_identity
+from entigraph.vllm_backend import stop_engine
 
 KEY = "eval.rag.reranker"
 RERANK = "rerank"
